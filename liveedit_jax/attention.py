@@ -1,0 +1,154 @@
+"""Attention dispatch: one entry point, several implementations, the chunk-structured masks of this model.
+
+Layouts: q [B, T, N, E], k and v [B, S, N, E]; the output is [B, T, N, E] in q's dtype. Scale 1/√E.
+
+Masks (`AttentionMask`, static) describe the visibility pattern instead of materialising it:
+  - `full`: every query sees every key.
+  - `chunk_causal`: tokens are grouped in chunks of `chunk_tokens`; a query sees its own chunk and earlier ones.
+  - `teacher_forcing`: the sequence is [clean ‖ noisy], each half `T/2` tokens. The clean half is chunk-causal;
+    noisy chunk c sees clean chunks < c and itself (../shared/reference/wan_selfforcing_spec.md §3.1(b)).
+A dynamic `kv_length` ([B] int32) marks keys [0, kv_length) valid (fixed-size caches).
+
+Implementations (`impl`):
+  - "xla": einsum + float32 softmax with an explicit boolean mask. The reference; runs anywhere.
+  - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`. Chunk masks become a static loop of
+    unmasked calls, each query chunk against its key prefix (never a dense mask: a dense cuDNN mask is folded
+    into a materialised bias and measured 3.6× slower than this loop, ../shared/reference/jax_anchors.md §2.7).
+    `kv_length` maps to cuDNN's padding mask, which skips the invalid tiles.
+  - "pallas": the fused kernels in `kernels/` (registered there; see `kernels/attention_dispatch.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MaskKind = Literal["full", "chunk_causal", "teacher_forcing"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionMask:
+  kind: MaskKind = "full"
+  chunk_tokens: int = 0  # tokens per chunk (chunk_frames · tokens per frame) for the chunked kinds
+
+  def __post_init__(self):
+    if self.kind not in ("full", "chunk_causal", "teacher_forcing"):
+      raise ValueError(f"unknown attention mask kind {self.kind!r}")
+    if self.kind != "full" and self.chunk_tokens <= 0:
+      raise ValueError(f"mask {self.kind!r} needs chunk_tokens > 0, got {self.chunk_tokens}")
+
+  def dense(self, q_len: int, kv_len: int) -> np.ndarray:
+    """The boolean mask [q_len, kv_len] (True = visible), for the reference path and tests."""
+    if self.kind == "full":
+      return np.ones((q_len, kv_len), bool)
+    if q_len != kv_len:
+      raise ValueError(f"mask {self.kind!r} needs equal query and key lengths, got {q_len} and {kv_len}")
+    pos = np.arange(q_len)
+    if self.kind == "chunk_causal":
+      chunk = pos // self.chunk_tokens
+      return chunk[None, :] <= chunk[:, None]
+    half = q_len // 2
+    if 2 * half != q_len:
+      raise ValueError(f"teacher forcing needs an even sequence [clean ‖ noisy], got length {q_len}")
+    noisy = pos >= half
+    chunk = (pos - noisy * half) // self.chunk_tokens
+    q_noisy, k_noisy = noisy[:, None], noisy[None, :]
+    q_chunk, k_chunk = chunk[:, None], chunk[None, :]
+    clean_q = ~q_noisy & ~k_noisy & (k_chunk <= q_chunk)
+    noisy_q_clean_k = q_noisy & ~k_noisy & (k_chunk < q_chunk)
+    noisy_q_own = q_noisy & k_noisy & (k_chunk == q_chunk)
+    return clean_q | noisy_q_clean_k | noisy_q_own
+
+
+FULL = AttentionMask()
+
+
+def resolve_impl(impl: str, dtype: jnp.dtype) -> str:
+  """'auto' → 'cudnn' on a GPU with a half-precision compute dtype, else 'xla'."""
+  if impl != "auto":
+    return impl
+  on_gpu = jax.default_backend() == "gpu"
+  return "cudnn" if on_gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
+
+
+def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: np.ndarray | jax.Array | None = None,
+                        kv_length: jax.Array | None = None) -> jax.Array:
+  """Plain XLA attention: logits and softmax in float32, probabilities cast to v's dtype for the PV matmul.
+
+  mask: [T, S] or [B, T, S] boolean (True = visible). kv_length: [B] int32, keys ≥ kv_length masked.
+  """
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("btne,bsne->bnts", q, k, preferred_element_type=jnp.float32) * scale
+  visible = None
+  if mask is not None:
+    mask = jnp.asarray(mask)
+    visible = mask[None, None] if mask.ndim == 2 else mask[:, None]
+  if kv_length is not None:
+    valid = (jnp.arange(k.shape[1])[None, :] < kv_length[:, None])[:, None, None, :]
+    visible = valid if visible is None else visible & valid
+  if visible is not None:
+    logits = jnp.where(visible, logits, -jnp.inf)
+  probs = jax.nn.softmax(logits, axis=-1)
+  if visible is not None:  # a row with no visible key gives zeros, not NaN
+    probs = jnp.where(jnp.any(visible, axis=-1, keepdims=True), probs, 0.0)
+  out = jnp.einsum("bnts,bsne->btne", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return out.astype(q.dtype)
+
+
+def _cudnn(q, k, v, kv_length=None):
+  b = q.shape[0]
+  q_len = None if kv_length is None else jnp.full((b,), q.shape[1], jnp.int32)
+  return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", query_seq_lengths=q_len,
+                                      key_value_seq_lengths=kv_length)
+
+
+def _chunked_prefix_loop(q, k, v, mask: AttentionMask, attend: Callable) -> jax.Array:
+  """Chunk masks as a static loop of unmasked calls: each query chunk against exactly the keys it sees."""
+  c = mask.chunk_tokens
+  if mask.kind == "chunk_causal":
+    t = q.shape[1]
+    outs = [attend(q[:, s:s + c], k[:, :s + c], v[:, :s + c]) for s in range(0, t, c)]
+    return jnp.concatenate(outs, axis=1)
+  half = q.shape[1] // 2
+  clean = _chunked_prefix_loop(q[:, :half], k[:, :half], v[:, :half], AttentionMask("chunk_causal", c), attend)
+  outs = []
+  for s in range(0, half, c):
+    e = min(s + c, half)
+    ks = jnp.concatenate([k[:, :s], k[:, half + s:half + e]], axis=1)
+    vs = jnp.concatenate([v[:, :s], v[:, half + s:half + e]], axis=1)
+    outs.append(attend(q[:, half + s:half + e], ks, vs))
+  return jnp.concatenate([clean] + outs, axis=1)
+
+
+_EXTRA_IMPLS: dict[str, Callable] = {}
+
+
+def register_attention_impl(name: str, fn: Callable) -> None:
+  """Adds an implementation `fn(q, k, v, mask: AttentionMask, kv_length) -> out` (used by `kernels/`)."""
+  _EXTRA_IMPLS[name] = fn
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: AttentionMask = FULL,
+              kv_length: jax.Array | None = None, impl: str = "auto") -> jax.Array:
+  """Scaled dot-product attention with a structured mask. See the module docstring for layouts and impls."""
+  if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+    raise ValueError(f"attention expects q [B, T, N, E] and k, v [B, S, N, E]; got q {q.shape}, k {k.shape}, "
+                     f"v {v.shape}")
+  if mask.kind != "full" and kv_length is not None:
+    raise ValueError("kv_length is only supported with the full mask")
+  impl = resolve_impl(impl, q.dtype)
+  if impl == "xla":
+    dense = None if mask.kind == "full" else mask.dense(q.shape[1], k.shape[1])
+    return attention_reference(q, k, v, dense, kv_length)
+  if impl == "cudnn":
+    if mask.kind == "full":
+      return _cudnn(q, k, v, kv_length)
+    return _chunked_prefix_loop(q, k, v, mask, _cudnn)
+  if impl in _EXTRA_IMPLS:
+    return _EXTRA_IMPLS[impl](q, k, v, mask, kv_length)
+  raise ValueError(f"attention implementation {impl!r} is not available; known: "
+                   f"{['xla', 'cudnn', *sorted(_EXTRA_IMPLS)]}")

@@ -1,0 +1,115 @@
+"""Model configurations: frozen dataclasses with named presets.
+
+    cfg = DiTConfig.preset("liveedit-1.3b")                  # the editing model
+    cfg = DiTConfig.preset("tiny", compute_dtype="bfloat16")  # overrides by keyword
+
+Presets follow Wan2.1's `config.json` files (../shared/reference/wan_selfforcing_spec.md §1.1). The class defaults
+are the 1.3B values, not Wan's class defaults (which are neither checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Literal
+
+import jax.numpy as jnp
+
+AttentionImpl = Literal["auto", "xla", "cudnn", "pallas"]
+_ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas")
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DiTConfig:
+  """Wan2.1 DiT hyper-parameters.
+
+  `in_channels` is 16 for text-to-video and 32 for editing (noisy latent first, source latent second);
+  `latent_channels` is what the model predicts (16, the VAE's z).
+  """
+
+  name: str = "wan2.1-t2v-1.3b"
+  in_channels: int = 16
+  latent_channels: int = 16
+  dim: int = 1536
+  ffn_dim: int = 8960
+  freq_dim: int = 256
+  num_heads: int = 12
+  num_layers: int = 30
+  text_len: int = 512
+  text_dim: int = 4096
+  patch_size: tuple[int, int, int] = (1, 2, 2)
+  eps: float = 1e-6
+  rope_theta: float = 10000.0
+  rope_max_positions: int = 1024  # per axis: frames, rows and columns (Wan precomputes 1024)
+  num_train_timesteps: int = 1000
+  compute_dtype: str = "float32"  # matmul dtype; norms, modulation and residuals stay float32
+  param_dtype: str = "float32"
+  remat: bool = False  # rematerialise each block in the backward pass
+  attention: AttentionImpl = "auto"  # "auto": cuDNN on GPU, XLA elsewhere
+
+  def __post_init__(self):
+    if self.dim % self.num_heads:
+      raise ValueError(f"{self.name}: dim {self.dim} is not divisible by num_heads {self.num_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"{self.name}: head_dim {self.head_dim} must be even for RoPE")
+    if self.in_channels not in (self.latent_channels, 2 * self.latent_channels):
+      raise ValueError(
+          f"{self.name}: in_channels must be latent_channels ({self.latent_channels}) for text-to-video or "
+          f"2*latent_channels ({2 * self.latent_channels}) for editing, got {self.in_channels}")
+    for field in ("compute_dtype", "param_dtype"):
+      if getattr(self, field) not in _DTYPES:
+        raise ValueError(f"{self.name}: {field} must be one of {_DTYPES}, got {getattr(self, field)!r}")
+    if self.attention not in _ATTENTION_IMPLS:
+      raise ValueError(f"{self.name}: attention must be one of {_ATTENTION_IMPLS}, got {self.attention!r}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.dim // self.num_heads
+
+  @property
+  def is_editing(self) -> bool:
+    return self.in_channels == 2 * self.latent_channels
+
+  @property
+  def patch_dim(self) -> int:
+    """Output width of the head: latent channels × patch volume."""
+    pt, ph, pw = self.patch_size
+    return self.latent_channels * pt * ph * pw
+
+  @property
+  def dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.compute_dtype)
+
+  def replace(self, **overrides: Any) -> "DiTConfig":
+    return dataclasses.replace(self, **overrides)
+
+  @classmethod
+  def preset(cls, name: str, **overrides: Any) -> "DiTConfig":
+    if name not in DIT_PRESETS:
+      raise ValueError(f"unknown DiT preset {name!r}; valid presets: {sorted(DIT_PRESETS)}")
+    return dataclasses.replace(DIT_PRESETS[name], **overrides)
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> "DiTConfig":
+    fields = json.loads(text)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+      raise ValueError(f"DiT config has unknown fields {unknown}; known fields: {sorted(known)}")
+    fields["patch_size"] = tuple(fields.get("patch_size", (1, 2, 2)))
+    return cls(**fields)
+
+
+DIT_PRESETS: dict[str, DiTConfig] = {
+    "wan2.1-t2v-1.3b": DiTConfig(),
+    "liveedit-1.3b": DiTConfig(name="liveedit-1.3b", in_channels=32),
+    "wan2.1-t2v-14b": DiTConfig(name="wan2.1-t2v-14b", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+    # Every component at toy widths, for tests: 2 heads of 32 (RoPE split 12/10/10), short text.
+    "tiny": DiTConfig(
+        name="tiny", in_channels=32, dim=64, ffn_dim=96, freq_dim=32, num_heads=2, num_layers=2,
+        text_len=16, text_dim=40),
+}

@@ -1,0 +1,383 @@
+"""The Wan2.1 diffusion transformer as Linen modules and pure functions over a plain parameter pytree.
+
+Axis letters used in shapes and einsums across the package:
+  B batch · F latent frames · H, W latent height and width · C channels · T query tokens · S key tokens ·
+  P tokens per latent frame (h·w patches) · N heads · E head dim · D model width · L layers.
+
+Parameters are a dict (names follow Wan's original checkpoint):
+  patch_embedding {kernel [1, 2, 2, C_in, D], bias}, text_embedding {fc1, fc2}, time_embedding {fc1, fc2,
+  projection}, blocks {...}, each leaf with a leading [L] axis, and head {modulation [2, D], proj}.
+
+Precision follows Wan (../shared/reference/wan_selfforcing_spec.md §1.4): the sinusoid, time MLP, modulation,
+norms, residual stream and head run in float32; other matmuls run in `config.compute_dtype` with float32
+accumulation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from liveedit_jax.attention import FULL, AttentionMask, attention
+from liveedit_jax.config import DiTConfig
+from liveedit_jax.layers import Dense, LayerNorm, RMSNorm, gelu_tanh, layer_normalize
+from liveedit_jax.rope import apply_rope, rope_cos_sin
+
+Params = dict[str, Any]
+# attend(q [B, T, N, E], k [B, S, N, E], v [B, S, N, E]) -> [B, T, N, E]
+AttendFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+_embed_init = nn.initializers.normal(stddev=0.02)
+
+
+def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
+  """Wan's timestep sinusoid, cos first: t [...] float → [..., dim] float32, ω_k = 10000^(−k/(dim/2))."""
+  half = dim // 2
+  freqs = np.power(10000.0, -np.arange(half, dtype=np.float64) / half).astype(np.float32)
+  arg = t.astype(jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(arg), jnp.sin(arg)], axis=-1)
+
+
+def patchify(x: jax.Array, patch_size: tuple[int, int, int]) -> jax.Array:
+  """[B, F, H, W, C] → [B, F/pt, H/ph, W/pw, pt·ph·pw·C] with (pt, ph, pw, C) order, C fastest."""
+  pt, ph, pw = patch_size
+  b, f, h, w, c = x.shape
+  x = x.reshape(b, f // pt, pt, h // ph, ph, w // pw, pw, c)
+  return jnp.einsum("bfphqwrc->bfhwpqrc", x).reshape(b, f // pt, h // ph, w // pw, pt * ph * pw * c)
+
+
+def unpatchify(x: jax.Array, patch_size: tuple[int, int, int], channels: int) -> jax.Array:
+  """Inverse of `patchify`: [B, F, h, w, pt·ph·pw·C] → [B, F·pt, h·ph, w·pw, C]."""
+  pt, ph, pw = patch_size
+  b, f, h, w, _ = x.shape
+  x = x.reshape(b, f, h, w, pt, ph, pw, channels)
+  return jnp.einsum("bfhwpqrc->bfphqwrc", x).reshape(b, f * pt, h * ph, w * pw, channels)
+
+
+class PatchEmbedding(nn.Module):
+  """Conv3d with kernel = stride = patch, as one matmul per patch: [B, F, H, W, C_in] → [B, F, P, D] float32."""
+
+  config: DiTConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    kernel = self.param("kernel", nn.initializers.xavier_uniform(in_axis=(0, 1, 2, 3), out_axis=-1),
+                        (*cfg.patch_size, cfg.in_channels, cfg.dim), jnp.dtype(cfg.param_dtype))
+    bias = self.param("bias", nn.initializers.zeros_init(), (cfg.dim,), jnp.dtype(cfg.param_dtype))
+    patches = patchify(x, cfg.patch_size)
+    b, f, h, w, k = patches.shape
+    y = jnp.einsum("bfhwk,kd->bfhwd", patches.astype(cfg.dtype), kernel.reshape(k, cfg.dim).astype(cfg.dtype),
+                   preferred_element_type=jnp.float32)
+    return (y + bias.astype(jnp.float32)).reshape(b, f, h * w, cfg.dim)
+
+
+class TimeEmbedding(nn.Module):
+  """t [B, F] → (e [B, F, D], e0 [B, F, 6, D]), all in float32 (Wan's autocast-fp32 island)."""
+
+  config: DiTConfig
+
+  @nn.compact
+  def __call__(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    cfg = self.config
+    pd = jnp.dtype(cfg.param_dtype)
+    h = Dense(cfg.dim, jnp.float32, pd, kernel_init=_embed_init, name="fc1")(sinusoidal_embedding(t, cfg.freq_dim))
+    e = Dense(cfg.dim, jnp.float32, pd, kernel_init=_embed_init, name="fc2")(jax.nn.silu(h))
+    e0 = Dense(6 * cfg.dim, jnp.float32, pd, name="projection")(jax.nn.silu(e))
+    return e, e0.reshape(*e0.shape[:-1], 6, cfg.dim)
+
+
+class TextEmbedding(nn.Module):
+  """context [B, L, text_dim] → [B, L, D] in the compute dtype: Linear → GELU(tanh) → Linear."""
+
+  config: DiTConfig
+
+  @nn.compact
+  def __call__(self, context: jax.Array) -> jax.Array:
+    cfg = self.config
+    pd = jnp.dtype(cfg.param_dtype)
+    h = Dense(cfg.dim, cfg.dtype, pd, kernel_init=_embed_init, name="fc1")(context)
+    return Dense(cfg.dim, cfg.dtype, pd, kernel_init=_embed_init, name="fc2")(gelu_tanh(h))
+
+
+class Attention(nn.Module):
+  """Projections of Wan's self- and cross-attention: q/k RMSNorm over the full width, before the head split."""
+
+  config: DiTConfig
+
+  def setup(self):
+    cfg = self.config
+    pd = jnp.dtype(cfg.param_dtype)
+    self.q, self.k, self.v, self.o = (Dense(cfg.dim, cfg.dtype, pd, name=n) for n in "qkvo")
+    self.norm_q = RMSNorm(cfg.eps, pd)
+    self.norm_k = RMSNorm(cfg.eps, pd)
+
+  def _heads(self, x: jax.Array) -> jax.Array:
+    return x.reshape(*x.shape[:-1], self.config.num_heads, self.config.head_dim)
+
+  def project_q(self, x: jax.Array) -> jax.Array:
+    """x [B, T, D] → q [B, T, N, E] in float32 (normalised, not roped)."""
+    return self._heads(self.norm_q(self.q(x)))
+
+  def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x [B, S, D] → (k float32 normalised, v compute dtype), each [B, S, N, E]."""
+    return self._heads(self.norm_k(self.k(x))), self._heads(self.v(x))
+
+  def project_out(self, o: jax.Array) -> jax.Array:
+    """o [B, T, N, E] → [B, T, D] float32."""
+    return self.o(o.reshape(*o.shape[:-2], self.config.dim)).astype(jnp.float32)
+
+  def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+    """Unmasked attention of x over context, used only to create the parameters."""
+    k, v = self.project_kv(context)
+    dt = self.config.dtype
+    return self.project_out(attention(self.project_q(x).astype(dt), k.astype(dt), v, impl="xla"))
+
+
+class FeedForward(nn.Module):
+  config: DiTConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    pd = jnp.dtype(cfg.param_dtype)
+    h = gelu_tanh(Dense(cfg.ffn_dim, cfg.dtype, pd, out_dtype=jnp.float32, name="fc1")(x))
+    return Dense(cfg.dim, cfg.dtype, pd, out_dtype=jnp.float32, name="fc2")(h)
+
+
+class Block(nn.Module):
+  """One Wan attention block. The residual stream x is [B, F, P, D] float32; e0 is [B, F, 6, D].
+
+  Modulation rows: 0 shift_msa, 1 scale_msa, 2 gate_msa, 3 shift_ffn, 4 scale_ffn, 5 gate_ffn.
+  """
+
+  config: DiTConfig
+
+  def setup(self):
+    cfg = self.config
+    pd = jnp.dtype(cfg.param_dtype)
+    self.modulation = self.param("modulation", nn.initializers.normal(stddev=cfg.dim ** -0.5), (6, cfg.dim), pd)
+    self.self_attn = Attention(cfg)
+    self.norm3 = LayerNorm(cfg.eps, affine=True, param_dtype=pd)
+    self.cross_attn = Attention(cfg)
+    self.ffn = FeedForward(cfg)
+
+  def modulations(self, e0: jax.Array) -> jax.Array:
+    """e0 [B, F, 6, D] → six [B, F, 1, D] float32 terms (learned table + time projection)."""
+    m = self.modulation.astype(jnp.float32) + e0
+    return [m[:, :, i, None, :] for i in range(6)]
+
+  def self_attention_input(self, x: jax.Array, m: list[jax.Array]) -> jax.Array:
+    """Modulated LayerNorm of x: [B, F, P, D] float32."""
+    return layer_normalize(x, self.config.eps) * (1 + m[1]) + m[0]
+
+  def self_attention_qkv(self, u: jax.Array, cos: jax.Array, sin: jax.Array):
+    """u [B, F, P, D] → roped q, k and v, each [B, F·P, N, E] in the compute dtype."""
+    dt = self.config.dtype
+    u = u.reshape(u.shape[0], -1, u.shape[-1])
+    q = apply_rope(self.self_attn.project_q(u), cos, sin).astype(dt)
+    k, v = self.self_attn.project_kv(u)
+    return q, apply_rope(k, cos, sin).astype(dt), v
+
+  def cross_attention(self, x: jax.Array, text_k: jax.Array, text_v: jax.Array, impl: str) -> jax.Array:
+    """x [B, F, P, D] attends to the text K/V [B, L, N, E]; returns the residual update, float32."""
+    b, f, p, d = x.shape
+    u = self.norm3(x).reshape(b, f * p, d)
+    q = self.cross_attn.project_q(u).astype(self.config.dtype)
+    return self.cross_attn.project_out(attention(q, text_k, text_v, impl=impl)).reshape(b, f, p, d)
+
+  def text_kv(self, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Embedded text [B, L, D] → this block's cross-attention (k, v), each [B, L, N, E] compute dtype."""
+    k, v = self.cross_attn.project_kv(context)
+    return k.astype(self.config.dtype), v
+
+  def feed_forward(self, x: jax.Array, m: list[jax.Array]) -> jax.Array:
+    """Gated FFN residual update for x [B, F, P, D], float32."""
+    u = layer_normalize(x, self.config.eps) * (1 + m[4]) + m[3]
+    return self.ffn(u) * m[5]
+
+  def __call__(self, x, e0, text_k, text_v, cos, sin, attend: AttendFn, impl: str) -> jax.Array:
+    m = self.modulations(e0)
+    q, k, v = self.self_attention_qkv(self.self_attention_input(x, m), cos, sin)
+    y = self.self_attn.project_out(attend(q, k, v)).reshape(x.shape)
+    x = x + y * m[2]
+    x = x + self.cross_attention(x, text_k, text_v, impl)
+    return x + self.feed_forward(x, m)
+
+  def init_all(self, x, e0, context, cos, sin):
+    """Touches every parameter (for `init`)."""
+    text_k, text_v = self.text_kv(context)
+    return self(x, e0, text_k, text_v, cos, sin, lambda q, k, v: attention(q, k, v, impl="xla"), "xla")
+
+
+class Head(nn.Module):
+  """x [B, F, P, D], e [B, F, D] → [B, F, P, pt·ph·pw·C_out] float32, modulated by e (not e0)."""
+
+  config: DiTConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, e: jax.Array) -> jax.Array:
+    cfg = self.config
+    pd = jnp.dtype(cfg.param_dtype)
+    table = self.param("modulation", nn.initializers.normal(stddev=cfg.dim ** -0.5), (2, cfg.dim), pd)
+    shift = table[0].astype(jnp.float32) + e[:, :, None, :]
+    scale = table[1].astype(jnp.float32) + e[:, :, None, :]
+    u = layer_normalize(x, cfg.eps) * (1 + scale) + shift
+    return Dense(cfg.patch_dim, jnp.float32, pd, kernel_init=nn.initializers.zeros_init(), name="proj")(u)
+
+
+def init_dit_params(config: DiTConfig, key: jax.Array) -> Params:
+  """Fresh parameters with Wan's initialisation. Works under `jax.eval_shape` (no allocation)."""
+  cfg = config
+  pt, ph, pw = cfg.patch_size
+  keys = jax.random.split(key, 5)
+  x = jnp.zeros((1, pt, ph, pw, cfg.in_channels))
+  t = jnp.zeros((1, 1))
+  ctx = jnp.zeros((1, 1, cfg.text_dim))
+  h = jnp.zeros((1, 1, 1, cfg.dim))
+  e0 = jnp.zeros((1, 1, 6, cfg.dim))
+  cos, sin = rope_cos_sin(jnp.zeros((1,), jnp.int32), 1, 1, head_dim=cfg.head_dim,
+                          max_positions=cfg.rope_max_positions, theta=cfg.rope_theta)
+
+  def init_block(k):
+    return Block(cfg).init(k, h, e0, jnp.zeros((1, 1, cfg.dim)), cos, sin, method=Block.init_all)["params"]
+
+  return {
+      "patch_embedding": PatchEmbedding(cfg).init(keys[0], x)["params"],
+      "text_embedding": TextEmbedding(cfg).init(keys[1], ctx)["params"],
+      "time_embedding": TimeEmbedding(cfg).init(keys[2], t)["params"],
+      "blocks": jax.vmap(init_block)(jax.random.split(keys[3], cfg.num_layers)),
+      "head": Head(cfg).init(keys[4], h, jnp.zeros((1, 1, cfg.dim)))["params"],
+  }
+
+
+def count_params(params: Params) -> int:
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+def _as_frame_timesteps(t: jax.Array, batch: int, frames: int, what: str = "t") -> jax.Array:
+  t = jnp.asarray(t, jnp.float32)
+  if t.ndim == 0:
+    t = jnp.broadcast_to(t, (batch,))
+  if t.shape == (batch,):
+    return jnp.broadcast_to(t[:, None], (batch, frames))
+  if t.shape == (batch, frames):
+    return t
+  raise ValueError(f"{what} must be [B]={batch} or [B, F]=[{batch}, {frames}], got shape {t.shape}")
+
+
+def _check_inputs(cfg: DiTConfig, x: jax.Array, context: jax.Array, name: str = "x") -> None:
+  pt, ph, pw = cfg.patch_size
+  if x.ndim != 5:
+    raise ValueError(f"{name} must be latents [B, F, H, W, C], got shape {x.shape}")
+  b, f, h, w, c = x.shape
+  if c != cfg.in_channels:
+    raise ValueError(f"{name} has {c} channels; config {cfg.name!r} expects in_channels={cfg.in_channels}"
+                     + (" (noisy latent ‖ source latent)" if cfg.is_editing else ""))
+  if f % pt or h % ph or w % pw:
+    raise ValueError(f"{name} [F, H, W]=({f}, {h}, {w}) must be divisible by the patch {cfg.patch_size}")
+  if context.ndim != 3 or context.shape[0] != b or context.shape[2] != cfg.text_dim:
+    raise ValueError(f"context must be [B={b}, L, {cfg.text_dim}], got shape {context.shape}")
+  if context.shape[1] > cfg.text_len:
+    raise ValueError(f"context has {context.shape[1]} rows, more than text_len={cfg.text_len}")
+
+
+def embed_context(config: DiTConfig, params: Params, context: jax.Array) -> jax.Array:
+  """Text embeddings [B, L ≤ text_len, text_dim] → [B, text_len, D], zero-padding rows as Wan does."""
+  pad = config.text_len - context.shape[1]
+  context = jnp.pad(context, ((0, 0), (0, pad), (0, 0)))
+  return TextEmbedding(config).apply({"params": params["text_embedding"]}, context)
+
+
+def text_kv_per_layer(config: DiTConfig, params: Params, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Every block's cross-attention K/V from raw text embeddings: each [L, B, text_len, N, E]."""
+  ctx = embed_context(config, params, context)
+  block = Block(config)
+  return jax.lax.map(lambda p: block.apply({"params": p}, ctx, method=Block.text_kv), params["blocks"])
+
+
+def frame_rope(config: DiTConfig, frame_positions: jax.Array, h: int, w: int):
+  """RoPE (cos, sin), each [F·h·w, E/2], for patch grids at the given frame positions."""
+  return rope_cos_sin(frame_positions, h, w, head_dim=config.head_dim, max_positions=config.rope_max_positions,
+                      theta=config.rope_theta)
+
+
+def run_blocks(config: DiTConfig, block_params: Params, x: jax.Array, e0: jax.Array, text_kv, cos, sin,
+               attend: AttendFn, impl: str) -> jax.Array:
+  """All blocks over the residual stream x [B, F, P, D] (a `lax.scan` over the stacked layer axis)."""
+  block = Block(config)
+
+  def body(x, layer):
+    p, text_k, text_v = layer
+    return block.apply({"params": p}, x, e0, text_k, text_v, cos, sin, attend, impl), None
+
+  if config.remat:
+    body = jax.checkpoint(body, prevent_cse=False)
+  x, _ = jax.lax.scan(body, x, (block_params, *text_kv))
+  return x
+
+
+def dit_forward(config: DiTConfig, params: Params, x: jax.Array, t: jax.Array, context: jax.Array, *,
+                chunk_frames: int | None = None, clean_x: jax.Array | None = None,
+                clean_t: jax.Array | None = None, frame_offset: int | jax.Array = 0) -> jax.Array:
+  """The DiT's flow prediction.
+
+  Args:
+    x: [B, F, H, W, C_in] latents, channels last (editing: noisy ‖ source on the channel axis).
+    t: [B] or [B, F] timesteps on the 0–1000 scale (per frame for the causal model).
+    context: [B, L ≤ text_len, text_dim] text embeddings (rows past the prompt are zero; padded to text_len).
+    chunk_frames: if set, the chunk-causal model: chunks of this many latent frames see themselves and earlier
+      chunks only.
+    clean_x: with chunk_frames, teacher forcing: the clean sequence [B, F, H, W, C_in] placed before x; noisy
+      chunk c sees clean chunks < c and itself. Both halves use frame positions offset … offset+F−1.
+    clean_t: timesteps of the clean half, [B] or [B, F] (default 0).
+    frame_offset: absolute frame position of x's first frame (RoPE).
+
+  Returns:
+    [B, F, H, W, latent_channels] float32 flow prediction v̂ ≈ ε − x0.
+  """
+  cfg = config
+  _check_inputs(cfg, x, context)
+  b, f, hh, ww, _ = x.shape
+  pt, ph, pw = cfg.patch_size
+  nf, h, w = f // pt, hh // ph, ww // pw
+  if clean_x is not None:
+    if chunk_frames is None:
+      raise ValueError("clean_x (teacher forcing) needs chunk_frames")
+    if clean_x.shape != x.shape:
+      raise ValueError(f"clean_x must have x's shape {x.shape}, got {clean_x.shape}")
+  if chunk_frames is not None and (chunk_frames <= 0 or nf % chunk_frames):
+    raise ValueError(f"{nf} latent frames are not a whole number of chunks of {chunk_frames}")
+
+  impl = cfg.attention
+  t = _as_frame_timesteps(t, b, nf)
+  tokens = PatchEmbedding(cfg).apply({"params": params["patch_embedding"]}, x)
+  e, e0 = TimeEmbedding(cfg).apply({"params": params["time_embedding"]}, t)
+  positions = frame_offset + jnp.arange(nf, dtype=jnp.int32)
+  cos, sin = frame_rope(cfg, positions, h, w)
+
+  if chunk_frames is None:
+    mask = FULL
+  elif clean_x is None:
+    mask = AttentionMask("chunk_causal", chunk_frames * h * w)
+  else:
+    mask = AttentionMask("teacher_forcing", chunk_frames * h * w)
+    _check_inputs(cfg, clean_x, context, "clean_x")
+    clean_t = _as_frame_timesteps(jnp.zeros((b,)) if clean_t is None else clean_t, b, nf, "clean_t")
+    clean_tokens = PatchEmbedding(cfg).apply({"params": params["patch_embedding"]}, clean_x)
+    _, clean_e0 = TimeEmbedding(cfg).apply({"params": params["time_embedding"]}, clean_t)
+    tokens = jnp.concatenate([clean_tokens, tokens], axis=1)
+    e0 = jnp.concatenate([clean_e0, e0], axis=1)
+    cos, sin = jnp.concatenate([cos, cos]), jnp.concatenate([sin, sin])
+
+  attend = lambda q, k, v: attention(q, k, v, mask=mask, impl=impl)  # noqa: E731
+  text_kv = text_kv_per_layer(cfg, params, context)
+  tokens = run_blocks(cfg, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl)
+  tokens = tokens[:, -nf:]  # teacher forcing: the head sees the noisy half only
+  out = Head(cfg).apply({"params": params["head"]}, tokens, e)
+  return unpatchify(out.reshape(b, nf, h, w, cfg.patch_dim), cfg.patch_size, cfg.latent_channels)
