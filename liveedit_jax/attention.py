@@ -15,7 +15,7 @@ Implementations (`impl`):
     unmasked calls, each query chunk against its key prefix (never a dense mask: a dense cuDNN mask is folded
     into a materialised bias and measured 3.6× slower than this loop, ../shared/reference/jax_anchors.md §2.7).
     `kv_length` maps to cuDNN's padding mask, which skips the invalid tiles.
-  - "pallas": the fused kernels in `kernels/` (registered there; see `kernels/attention_dispatch.py`).
+  - further implementations (the fused kernels of `kernels/`) register with `register_attention_impl`.
 """
 
 from __future__ import annotations
