@@ -137,6 +137,17 @@ def read_checkpoint(path: str | os.PathLike, top_key: str | None = None) -> dict
                         f"{', '.join(PICKLE_SUFFIXES)} or a directory)")
 
 
+def top_level_keys(path: str | os.PathLike) -> set[str]:
+  """Top-level entry names of a pickle checkpoint whose root is a dict (empty for other files)."""
+  path = Path(path)
+  if path.is_dir():
+    path = find_weights_file(path)
+  if path.suffix not in PICKLE_SUFFIXES:
+    return set()
+  tree = _read_pickle(path)
+  return {k for k in tree if isinstance(k, str)} if isinstance(tree, Mapping) else set()
+
+
 def find_weights_file(directory: Path) -> Path:
   """The weights file of a model directory: a safetensors index, a single safetensors file or one pickle."""
   for pattern in ("*.safetensors.index.json", "*.safetensors", *(f"*{s}" for s in PICKLE_SUFFIXES)):

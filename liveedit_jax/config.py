@@ -95,13 +95,15 @@ class DiTConfig:
 
   @classmethod
   def from_json(cls, text: str) -> "DiTConfig":
-    fields = json.loads(text)
+    return cls.from_dict(json.loads(text))
+
+  @classmethod
+  def from_dict(cls, fields: dict[str, Any]) -> "DiTConfig":
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
       raise ValueError(f"DiT config has unknown fields {unknown}; known fields: {sorted(known)}")
-    fields["patch_size"] = tuple(fields.get("patch_size", (1, 2, 2)))
-    return cls(**fields)
+    return cls(**{**fields, "patch_size": tuple(fields.get("patch_size", (1, 2, 2)))})
 
 
 DIT_PRESETS: dict[str, DiTConfig] = {

@@ -26,6 +26,7 @@ import numpy as np
 from liveedit_jax.attention import FULL, AttentionMask, attention
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.layers import Dense, LayerNorm, RMSNorm, gelu_tanh, layer_normalize
+from liveedit_jax.param_io import load_params, read_config
 from liveedit_jax.rope import apply_rope, rope_cos_sin
 
 Params = dict[str, Any]
@@ -113,7 +114,7 @@ class Attention(nn.Module):
   def setup(self):
     cfg = self.config
     pd = jnp.dtype(cfg.param_dtype)
-    self.q, self.k, self.v, self.o = (Dense(cfg.dim, cfg.dtype, pd, name=n) for n in "qkvo")
+    self.q, self.k, self.v, self.o = (Dense(cfg.dim, cfg.dtype, pd) for _ in range(4))
     self.norm_q = RMSNorm(cfg.eps, pd)
     self.norm_k = RMSNorm(cfg.eps, pd)
 
@@ -381,3 +382,15 @@ def dit_forward(config: DiTConfig, params: Params, x: jax.Array, t: jax.Array, c
   tokens = tokens[:, -nf:]  # teacher forcing: the head sees the noisy half only
   out = Head(cfg).apply({"params": params["head"]}, tokens, e)
   return unpatchify(out.reshape(b, nf, h, w, cfg.patch_dim), cfg.patch_size, cfg.latent_channels)
+
+
+def load_dit(path: str, compute_dtype: str | None = None) -> tuple[DiTConfig, Params]:
+  """A converted DiT directory (`python -m convert.wan_dit`) → (config, params as jax arrays).
+
+  compute_dtype: overrides the stored config's matmul dtype (e.g. "bfloat16" on GPU).
+  """
+  config = DiTConfig.from_dict(read_config(path, "dit"))
+  if compute_dtype is not None:
+    config = config.replace(compute_dtype=compute_dtype)
+  abstract = jax.eval_shape(lambda: init_dit_params(config, jax.random.key(0)))
+  return config, load_params(path, abstract)
