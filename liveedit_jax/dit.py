@@ -15,6 +15,7 @@ accumulation.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -30,8 +31,10 @@ from liveedit_jax.param_io import load_params, read_config
 from liveedit_jax.rope import apply_rope, rope_cos_sin
 
 Params = dict[str, Any]
-# attend(q [B, T, N, E], k [B, S, N, E], v [B, S, N, E]) -> [B, T, N, E]
-AttendFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+# attend(q [B, T, N, E], k [B, S, N, E], v [B, S, N, E], layer_state) -> (o [B, T, N, E], layer_output):
+# the self-attention core of one block. layer_state is that layer's slice of whatever per-layer state the caller
+# scans over (a KV cache, say); layer_output is stacked over layers and returned by `run_blocks`.
+AttendFn = Callable[[jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 
 _embed_init = nn.initializers.normal(stddev=0.02)
 
@@ -202,18 +205,20 @@ class Block(nn.Module):
     u = layer_normalize(x, self.config.eps) * (1 + m[4]) + m[3]
     return self.ffn(u) * m[5]
 
-  def __call__(self, x, e0, text_k, text_v, cos, sin, attend: AttendFn, impl: str) -> jax.Array:
+  def __call__(self, x, e0, text_k, text_v, cos, sin, attend: AttendFn, layer_state: Any, impl: str):
+    """x [B, F, P, D] float32 → (x, attend's layer_output)."""
     m = self.modulations(e0)
     q, k, v = self.self_attention_qkv(self.self_attention_input(x, m), cos, sin)
-    y = self.self_attn.project_out(attend(q, k, v)).reshape(x.shape)
-    x = x + y * m[2]
+    o, layer_output = attend(q, k, v, layer_state)
+    x = x + self.self_attn.project_out(o).reshape(x.shape) * m[2]
     x = x + self.cross_attention(x, text_k, text_v, impl)
-    return x + self.feed_forward(x, m)
+    return x + self.feed_forward(x, m), layer_output
 
   def init_all(self, x, e0, context, cos, sin):
     """Touches every parameter (for `init`)."""
     text_k, text_v = self.text_kv(context)
-    return self(x, e0, text_k, text_v, cos, sin, lambda q, k, v: attention(q, k, v, impl="xla"), "xla")
+    return self(x, e0, text_k, text_v, cos, sin, lambda q, k, v, _: (attention(q, k, v, impl="xla"), None),
+                None, "xla")
 
 
 class Head(nn.Module):
@@ -232,6 +237,7 @@ class Head(nn.Module):
     return Dense(cfg.patch_dim, jnp.float32, pd, kernel_init=nn.initializers.zeros_init(), name="proj")(u)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_dit_params(config: DiTConfig, key: jax.Array) -> Params:
   """Fresh parameters with Wan's initialisation. Works under `jax.eval_shape` (no allocation)."""
   cfg = config
@@ -308,19 +314,36 @@ def frame_rope(config: DiTConfig, frame_positions: jax.Array, h: int, w: int):
                       theta=config.rope_theta)
 
 
+def embed_latents(config: DiTConfig, params: Params, x: jax.Array, t: jax.Array):
+  """x [B, F, H, W, C_in], t [B, F'] (F' = F/pt) → tokens [B, F', P, D], e [B, F', D], e0 [B, F', 6, D]."""
+  tokens = PatchEmbedding(config).apply({"params": params["patch_embedding"]}, x)
+  e, e0 = TimeEmbedding(config).apply({"params": params["time_embedding"]}, t)
+  return tokens, e, e0
+
+
+def output_head(config: DiTConfig, params: Params, tokens: jax.Array, e: jax.Array, h: int, w: int) -> jax.Array:
+  """tokens [B, F', P, D], e [B, F', D] → flow [B, F'·pt, h·ph, w·pw, latent_channels] float32."""
+  out = Head(config).apply({"params": params["head"]}, tokens, e)
+  b, f = tokens.shape[:2]
+  return unpatchify(out.reshape(b, f, h, w, config.patch_dim), config.patch_size, config.latent_channels)
+
+
 def run_blocks(config: DiTConfig, block_params: Params, x: jax.Array, e0: jax.Array, text_kv, cos, sin,
-               attend: AttendFn, impl: str) -> jax.Array:
-  """All blocks over the residual stream x [B, F, P, D] (a `lax.scan` over the stacked layer axis)."""
+               attend: AttendFn, impl: str, layer_state: Any = None) -> tuple[jax.Array, Any]:
+  """All blocks over the residual stream x [B, F, P, D] (a `lax.scan` over the stacked layer axis).
+
+  layer_state: a pytree with a leading [L] axis, sliced per layer and handed to `attend`.
+  Returns (x, attend's layer outputs stacked over layers).
+  """
   block = Block(config)
 
   def body(x, layer):
-    p, text_k, text_v = layer
-    return block.apply({"params": p}, x, e0, text_k, text_v, cos, sin, attend, impl), None
+    p, text_k, text_v, state = layer
+    return block.apply({"params": p}, x, e0, text_k, text_v, cos, sin, attend, state, impl)
 
   if config.remat:
     body = jax.checkpoint(body, prevent_cse=False)
-  x, _ = jax.lax.scan(body, x, (block_params, *text_kv))
-  return x
+  return jax.lax.scan(body, x, (block_params, *text_kv, layer_state))
 
 
 def dit_forward(config: DiTConfig, params: Params, x: jax.Array, t: jax.Array, context: jax.Array, *,
@@ -356,9 +379,7 @@ def dit_forward(config: DiTConfig, params: Params, x: jax.Array, t: jax.Array, c
     raise ValueError(f"{nf} latent frames are not a whole number of chunks of {chunk_frames}")
 
   impl = cfg.attention
-  t = _as_frame_timesteps(t, b, nf)
-  tokens = PatchEmbedding(cfg).apply({"params": params["patch_embedding"]}, x)
-  e, e0 = TimeEmbedding(cfg).apply({"params": params["time_embedding"]}, t)
+  tokens, e, e0 = embed_latents(cfg, params, x, _as_frame_timesteps(t, b, nf))
   positions = frame_offset + jnp.arange(nf, dtype=jnp.int32)
   cos, sin = frame_rope(cfg, positions, h, w)
 
@@ -370,18 +391,15 @@ def dit_forward(config: DiTConfig, params: Params, x: jax.Array, t: jax.Array, c
     mask = AttentionMask("teacher_forcing", chunk_frames * h * w)
     _check_inputs(cfg, clean_x, context, "clean_x")
     clean_t = _as_frame_timesteps(jnp.zeros((b,)) if clean_t is None else clean_t, b, nf, "clean_t")
-    clean_tokens = PatchEmbedding(cfg).apply({"params": params["patch_embedding"]}, clean_x)
-    _, clean_e0 = TimeEmbedding(cfg).apply({"params": params["time_embedding"]}, clean_t)
+    clean_tokens, _, clean_e0 = embed_latents(cfg, params, clean_x, clean_t)
     tokens = jnp.concatenate([clean_tokens, tokens], axis=1)
     e0 = jnp.concatenate([clean_e0, e0], axis=1)
     cos, sin = jnp.concatenate([cos, cos]), jnp.concatenate([sin, sin])
 
-  attend = lambda q, k, v: attention(q, k, v, mask=mask, impl=impl)  # noqa: E731
+  attend = lambda q, k, v, _: (attention(q, k, v, mask=mask, impl=impl), None)  # noqa: E731
   text_kv = text_kv_per_layer(cfg, params, context)
-  tokens = run_blocks(cfg, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl)
-  tokens = tokens[:, -nf:]  # teacher forcing: the head sees the noisy half only
-  out = Head(cfg).apply({"params": params["head"]}, tokens, e)
-  return unpatchify(out.reshape(b, nf, h, w, cfg.patch_dim), cfg.patch_size, cfg.latent_channels)
+  tokens, _ = run_blocks(cfg, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl)
+  return output_head(cfg, params, tokens[:, -nf:], e, h, w)  # teacher forcing: the noisy half only
 
 
 def load_dit(path: str, compute_dtype: str | None = None) -> tuple[DiTConfig, Params]:

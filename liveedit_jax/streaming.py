@@ -1,0 +1,166 @@
+"""The jitted streaming step: edit one chunk of latent frames against explicit, fixed-shape caches.
+
+    state = init_stream(config, params, context, latent_height=60, latent_width=104)
+    for source_chunk in chunks:                       # [B, 3, 60, 104, 16] source-video latents
+      edited, state = stream_step(config, params, state, source_chunk)
+
+One call runs the distilled generator's denoising steps on the chunk (the source latent concatenated on the channel
+axis at every forward, fresh noise between steps), then refreshes the KV cache with the chunk's keys and values:
+from a forward at t = 0 on the clean output (`refresh="clean"`, Self-Forcing's inference) or from the last
+denoising forward (`refresh="none"`, one forward fewer per chunk). The first chunk attends to an empty cache.
+
+Every shape in `StreamState` is fixed by `StreamConfig` and the latent size, so one compile serves a stream of any
+length at constant memory: the KV cache is a ring of `cache_frames` past frames (`sink_frames` of them never
+evicted) and RoPE positions are re-based before they run past the table (see `kv_cache.py`).
+With `cache_frames` ≥ the stream's length nothing is evicted and streaming is exact chunk-causal attention:
+`stream_forward` over chunks equals one teacher-forcing `dit_forward` over the whole sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Literal
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from liveedit_jax.attention import attention
+from liveedit_jax.config import DiTConfig
+from liveedit_jax.dit import Params, embed_latents, frame_rope, output_head, run_blocks, text_kv_per_layer
+from liveedit_jax.kv_cache import KVCache
+from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, warped_timesteps, x0_from_flow
+
+Refresh = Literal["clean", "none"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig:
+  """Static streaming options (they fix the state's shapes and the compiled step)."""
+
+  chunk_frames: int = 3  # latent frames per chunk
+  cache_frames: int = 18  # past latent frames kept (18 + a 3-frame chunk = Self-Forcing's 21-frame context)
+  sink_frames: int = 0  # of those, the first frames of the stream, never evicted
+  timesteps: tuple[float, ...] = warped_timesteps()  # 1000, 937.5, 833.33…, 625
+  refresh: Refresh = "clean"
+
+  def __post_init__(self):
+    c = self.chunk_frames
+    if c <= 0 or self.cache_frames % c or self.sink_frames % c:
+      raise ValueError(f"cache_frames ({self.cache_frames}) and sink_frames ({self.sink_frames}) must be multiples "
+                       f"of chunk_frames ({c})")
+    if self.sink_frames + c > self.cache_frames:
+      raise ValueError(f"cache_frames ({self.cache_frames}) must hold the sink frames ({self.sink_frames}) and one "
+                       f"chunk ({c})")
+    if self.refresh not in ("clean", "none"):
+      raise ValueError(f"refresh must be 'clean' or 'none', got {self.refresh!r}")
+    if not self.timesteps or any(not 0 < t <= TRAIN_TIMESTEPS for t in self.timesteps):
+      raise ValueError(f"timesteps must be in (0, {TRAIN_TIMESTEPS}], got {self.timesteps}")
+
+
+@flax.struct.dataclass
+class StreamState:
+  kv: KVCache  # self-attention K/V of past chunks, [L, B, cache_frames·P, N, E]
+  text_k: jax.Array  # [L, B, text_len, N, E] cross-attention keys, computed once per prompt
+  text_v: jax.Array  # [L, B, text_len, N, E]
+  frame_index: jax.Array  # int32 []: RoPE frame position of the next chunk (re-based, < rope_max_positions)
+  rng: jax.Array  # PRNG key for the denoising noise
+  options: StreamConfig = flax.struct.field(pytree_node=False)
+  latent_hw: tuple[int, int] = flax.struct.field(pytree_node=False)
+
+
+def init_stream(config: DiTConfig, params: Params, context: jax.Array, *, latent_height: int, latent_width: int,
+                options: StreamConfig = StreamConfig(), rng: jax.Array | None = None) -> StreamState:
+  """A fresh stream for a prompt: empty KV cache, text K/V of every layer, position 0.
+
+  context: [B, L ≤ text_len, text_dim] text embeddings (zero rows past the prompt).
+  """
+  _, ph, pw = config.patch_size
+  if latent_height % ph or latent_width % pw:
+    raise ValueError(f"latent size {latent_height}×{latent_width} is not divisible by the patch {config.patch_size}")
+  if options.cache_frames + 2 * options.chunk_frames > config.rope_max_positions:
+    raise ValueError(f"cache_frames + 2·chunk_frames must fit the RoPE table ({config.rope_max_positions})")
+  text_k, text_v = jax.jit(text_kv_per_layer, static_argnums=0)(config, params, context)
+  frame_tokens = (latent_height // ph) * (latent_width // pw)
+  kv = KVCache.empty(config.num_layers, context.shape[0], options.cache_frames, frame_tokens, config.num_heads,
+                     config.head_dim, config.dtype, options.sink_frames)
+  return StreamState(kv, text_k, text_v, jnp.zeros((), jnp.int32),
+                     jax.random.key(0) if rng is None else rng, options, (latent_height, latent_width))
+
+
+def stream_forward(config: DiTConfig, params: Params, state: StreamState, x: jax.Array,
+                   t: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  """One DiT forward of the current chunk against the cache (which it does not modify).
+
+  x: [B, c, H, W, C_in] (noisy ‖ source for editing); t: [B] timesteps.
+  Returns (flow [B, c, H, W, latent_channels] float32, the chunk's (k, v), each [L, B, c·P, N, E]).
+  """
+  b, c, hh, ww, _ = x.shape
+  _, ph, pw = config.patch_size
+  h, w = hh // ph, ww // pw
+  tokens, e, e0 = embed_latents(config, params, x, jnp.broadcast_to(t[:, None], (b, c)))
+  cos, sin = frame_rope(config, state.frame_index + jnp.arange(c, dtype=jnp.int32), h, w)
+  kv_length = jnp.full((b,), tokens.shape[1] * tokens.shape[2], jnp.int32) + state.kv.length
+  impl = config.attention
+
+  def attend(q, k, v, layer_cache):
+    cached_k, cached_v = layer_cache
+    # The chunk first, then the cache: the valid keys stay a prefix (what cuDNN's padding mask needs).
+    o = attention(q, jnp.concatenate([k, cached_k], 1), jnp.concatenate([v, cached_v], 1), kv_length=kv_length,
+                  impl=impl)
+    return o, (k, v)
+
+  tokens, chunk_kv = run_blocks(config, params["blocks"], tokens, e0, (state.text_k, state.text_v), cos, sin,
+                                attend, impl, (state.kv.k, state.kv.v))
+  return output_head(config, params, tokens, e, h, w), chunk_kv
+
+
+def advance(config: DiTConfig, state: StreamState, chunk_kv: tuple[jax.Array, jax.Array]) -> StreamState:
+  """Commits a chunk's K/V to the cache and moves to the next chunk's position, re-basing RoPE if needed."""
+  c = state.options.chunk_frames
+  kv = state.kv.write(*chunk_kv)
+  frame_index = state.frame_index + c
+  need = frame_index + c > config.rope_max_positions
+  delta = jnp.where(need, frame_index - state.options.cache_frames, 0).astype(jnp.int32)
+  kv = jax.lax.cond(need, lambda kv: kv.rebase(delta, config.rope_max_positions, config.rope_theta),
+                    lambda kv: kv, kv)
+  return state.replace(kv=kv, frame_index=frame_index - delta)
+
+
+def _check_chunk(config: DiTConfig, state: StreamState, source_chunk: jax.Array) -> None:
+  want = (state.text_k.shape[1], state.options.chunk_frames, *state.latent_hw, config.latent_channels)
+  if tuple(source_chunk.shape) != want:
+    raise ValueError(f"source_chunk must be [B, chunk_frames, H, W, C] = {list(want)}, got {list(source_chunk.shape)}")
+  if not config.is_editing:
+    raise ValueError(f"stream_step edits video: config {config.name!r} has {config.in_channels} input channels, "
+                     f"expected {2 * config.latent_channels} (noisy ‖ source)")
+
+
+def _stream_step(config: DiTConfig, params: Params, state: StreamState, source_chunk: jax.Array,
+                 noise: jax.Array | None = None) -> tuple[jax.Array, StreamState]:
+  _check_chunk(config, state, source_chunk)
+  opts = state.options
+  steps = len(opts.timesteps)
+  rng, key = jax.random.split(state.rng)
+  if noise is None:
+    noise = jax.random.normal(key, (steps, *source_chunk.shape), jnp.float32)
+  source = source_chunk.astype(jnp.float32)
+  b = source.shape[0]
+  x = noise[0]
+  for i, t in enumerate(opts.timesteps):
+    flow, chunk_kv = stream_forward(config, params, state, jnp.concatenate([x, source], -1), jnp.full((b,), t))
+    x0 = x0_from_flow(x, flow, t / TRAIN_TIMESTEPS)
+    if i + 1 < steps:
+      x = add_noise(x0, noise[i + 1], opts.timesteps[i + 1] / TRAIN_TIMESTEPS)
+  if opts.refresh == "clean":
+    _, chunk_kv = stream_forward(config, params, state, jnp.concatenate([x0, source], -1), jnp.zeros((b,)))
+  return x0, advance(config, state, chunk_kv).replace(rng=rng)
+
+
+stream_step = jax.jit(_stream_step, static_argnums=0, donate_argnums=2)
+stream_step.__doc__ = """Edits one chunk: (config, params, state, source_chunk [B, c, H, W, 16], noise=None) →
+(edited latents [B, c, H, W, 16] float32, next state). Jitted with the state donated.
+
+noise: optional [steps, B, c, H, W, 16] standard normal draws (step 0's is the initial latent); by default they
+come from the state's PRNG key."""
