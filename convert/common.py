@@ -19,6 +19,8 @@ import dataclasses
 import json
 import os
 import pickle
+import shutil
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -27,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+
+from liveedit_jax import param_io
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -253,3 +257,25 @@ def apply_rules(refs: Mapping[str, TensorRef], rules: list[Rule], abstract: Any,
       node = node.setdefault(name, {})
     node[target[-1]] = value
   return tree
+
+
+def save_with_files(dst: str | os.PathLike, kind: str, config: dict[str, Any], params: Any,
+                    files: Mapping[str, Path], overwrite: bool = False) -> Path:
+  """`param_io.save_params` plus extra files (`files`: name inside dst → source file), e.g. a tokenizer beside
+  the weights. Everything is staged in a sibling temp dir and renamed at the end, so dst is whole or absent."""
+  dst = Path(dst).absolute()
+  if dst.exists() and not overwrite:
+    raise FileExistsError(f"{dst} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+  stage = dst.parent / f".{dst.name}.staging-{uuid.uuid4().hex[:8]}"
+  try:
+    param_io.save_params(stage, kind, config, params)
+    for name, src in files.items():
+      (stage / name).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copyfile(src, stage / name)
+    if dst.exists():
+      shutil.rmtree(dst)
+    os.rename(stage, dst)
+  finally:
+    if stage.exists():
+      shutil.rmtree(stage)
+  return dst
