@@ -2,3 +2,7 @@
 
 from liveedit_jax.config import DIT_PRESETS, DiTConfig
 from liveedit_jax.dit import count_params, dit_forward, init_dit_params, load_dit
+from liveedit_jax.prompt_cache import PromptCache
+from liveedit_jax.tokenizer import Tokenizer
+from liveedit_jax.umt5 import (UMT5_PRESETS, TextEncoder, UMT5Config, encode_prompts, load_text_encoder,
+                               text_encoder_identity)
