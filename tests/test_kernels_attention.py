@@ -18,6 +18,7 @@ from kernels.routed_attention import routed_attention, routed_attention_referenc
 from liveedit_jax.attention import FULL, AttentionMask, attention
 from tests.numerics import BF16_RTOL, FP32_RTOL, rel_err
 
+C_REAL = 4680  # one chunk at the real size: 3 latent frames × 30 × 52 tokens at 480×832
 CC = AttentionMask("chunk_causal", 40)
 TF = AttentionMask("teacher_forcing", 40)
 
@@ -200,9 +201,31 @@ def test_routed_attention(gather_q, dtype):
   assert err <= _tol(dtype), f"rel err {err:.2e} (seed {seed})"
 
 
-# --- GPU, real shapes ---------------------------------------------------------------------------------------------
+# --- lowering for CUDA (CPU) -------------------------------------------------------------------------------------
 
-C_REAL = 4680  # one chunk: 3 latent frames × 30 × 52 tokens at 480×832
+def test_kernels_lower_to_triton_at_real_shapes():
+  """Every kernel lowers through Pallas to Triton IR for CUDA at the real shapes (exported from this CPU machine;
+  catches unsupported ops and non-power-of-two tiles; Triton's own compilation to PTX still needs a GPU)."""
+  from jax import export
+  bf16 = jnp.bfloat16
+  target = getattr(common.triton_backend(), "CUSTOM_CALL_TARGET_NAME", "__gpu$xla.gpu.triton")  # named in 0.11
+  lower = lambda f, *shapes: export.export(  # noqa: E731
+      jax.jit(f), platforms=["cuda"],
+      disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])(*shapes).mlir_module()
+  for mask, t in [(AttentionMask("chunk_causal", C_REAL), 7 * C_REAL),
+                  (AttentionMask("teacher_forcing", C_REAL), 14 * C_REAL)]:
+    x = jax.ShapeDtypeStruct((1, t, 12, 128), bf16)
+    fwd_bwd = lambda q, k, v: jax.vjp(lambda *a: flash_attention(*a, mask, interpret=False), q, k, v)[1](q)  # noqa: B023,E731
+    assert lower(fwd_bwd, x, x, x).count(target) == 3  # forward, dQ, dK/dV
+  q = jax.ShapeDtypeStruct((1, C_REAL, 12, 128), bf16)
+  kv = jax.ShapeDtypeStruct((1, 7 * C_REAL, 12, 128), bf16)
+  lengths = jax.ShapeDtypeStruct((1,), jnp.int32)
+  assert target in lower(lambda q, k, v, n: flash_attention(q, k, v, FULL, n, interpret=False), q, kv, kv, lengths)
+  idx = jax.ShapeDtypeStruct((1, int(0.3 * C_REAL)), jnp.int32)
+  assert target in lower(lambda *x: routed_attention(*x, interpret=False), q, kv, kv, idx, q)
+
+
+# --- GPU, real shapes ---------------------------------------------------------------------------------------------
 
 
 def _gpu_case(mask, t, dtype=jnp.bfloat16, n=12, e=128):
