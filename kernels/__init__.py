@@ -1,0 +1,12 @@
+"""Hand-written GPU kernels behind liveedit_jax's dispatch; each ships with its jnp reference and interpret-mode tests.
+
+  flash_attention   block-sparse flash attention (forward + custom_vjp backward) for the chunk-causal and
+                    teacher-forcing masks and fixed-size KV caches (Pallas, Triton lowering)
+  routed_attention  mask-cache attention: gather active queries, attend, scatter into the cached output, one kernel
+  adaln             LayerNorm + adaLN modulation fused (jax-triton, optional GPU extra)
+  mask_tiles        the static masks as per-row key intervals and per-tile loop plans
+  dispatch          `enable()` registers attention impl "pallas": the fastest measured path per case
+  bench             `python -m kernels.bench`: the measurements that table is made of
+
+Nothing here is imported by liveedit_jax; `kernels.dispatch.enable()` plugs the kernels in.
+"""

@@ -1,0 +1,79 @@
+"""Fused adaLN modulation, a jax-triton kernel: y = LayerNorm(x) · (1 + scale) + shift, fp32 math, bf16 out.
+
+    u = adaln_modulate(x, shift, scale, implementation=kernels.dispatch.adaln_implementation())
+
+Every Wan block computes this twice before its self-attention and FFN projections (liveedit_jax/dit.py
+`Block.self_attention_input`, `feed_forward_input`): x [B, F, P, D] float32 residual stream, shift and scale
+[B, F, 1, D] float32 per frame. XLA splits it into a reduction fusion and an elementwise fusion; the kernel reads
+each row of x once, keeps it in registers for both statistics and the modulation, and writes the compute dtype
+directly. Whether that is faster is measured (`python -m kernels.bench`, case "adaln"); the dispatch table picks.
+
+jax-triton needs JAX ≥ 0.11 (the `gpu` extra), so it is imported on first use only.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+from liveedit_jax.layers import layer_normalize
+
+Implementation = Literal["triton", "xla"]
+
+
+def adaln_modulate_reference(x: jax.Array, shift: jax.Array, scale: jax.Array, *, eps: float = 1e-6,
+                             out_dtype: Any = jnp.bfloat16) -> jax.Array:
+  """The model's math (liveedit_jax.dit.Block.self_attention_input) followed by the cast to the compute dtype."""
+  return (layer_normalize(x, eps) * (1 + scale) + shift).astype(out_dtype)
+
+
+@functools.cache
+def _triton_kernel():
+  """The Triton kernel, built on first use (triton and jax_triton are optional GPU dependencies)."""
+  try:
+    import jax_triton
+    import triton
+    import triton.language as tl
+  except ImportError as e:
+    raise ImportError("adaln_modulate(implementation='triton') needs jax-triton (pip install -e '.[gpu]', "
+                      "JAX ≥ 0.11); use implementation='xla'") from e
+
+  @triton.jit
+  def kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, tokens_per_frame: tl.constexpr, d: tl.constexpr,
+             eps: tl.constexpr, block_d: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # one token per program; B·F·P·D may pass 2³¹
+    frame = row // tokens_per_frame
+    cols = tl.arange(0, block_d)
+    valid = cols < d
+    x = tl.load(x_ptr + row * d + cols, mask=valid, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=0) / d
+    centred = tl.where(valid, x - mean, 0.0)
+    inv_std = tl.rsqrt(tl.sum(centred * centred, axis=0) / d + eps)
+    scale = tl.load(scale_ptr + frame * d + cols, mask=valid, other=0.0).to(tl.float32)
+    shift = tl.load(shift_ptr + frame * d + cols, mask=valid, other=0.0).to(tl.float32)
+    y = centred * inv_std * (1.0 + scale) + shift
+    tl.store(out_ptr + row * d + cols, y.to(out_ptr.dtype.element_ty), mask=valid)
+
+  return jax_triton, triton, kernel
+
+
+def adaln_modulate(x: jax.Array, shift: jax.Array, scale: jax.Array, *, eps: float = 1e-6,
+                   out_dtype: Any = jnp.bfloat16, implementation: Implementation = "xla") -> jax.Array:
+  """LayerNorm(x) · (1 + scale) + shift over the last axis. x [B, F, P, D]; shift, scale [B, F, 1, D]."""
+  if implementation not in ("triton", "xla"):
+    raise ValueError(f"implementation must be 'triton' or 'xla', got {implementation!r}")
+  b, f, p, d = x.shape
+  if shift.shape != (b, f, 1, d) or scale.shape != (b, f, 1, d):
+    raise ValueError(f"adaln_modulate expects x [B, F, P, D] and shift, scale [B, F, 1, D]; got x {x.shape}, "
+                     f"shift {shift.shape}, scale {scale.shape}")
+  if implementation == "xla":
+    return adaln_modulate_reference(x, shift, scale, eps=eps, out_dtype=out_dtype)
+  jax_triton, triton, kernel = _triton_kernel()
+  block_d = triton.next_power_of_2(d)
+  return jax_triton.triton_call(
+      x.astype(jnp.float32), shift.astype(jnp.float32), scale.astype(jnp.float32), kernel=kernel,
+      out_type=jax.ShapeDtypeStruct(x.shape, out_dtype), grid=(b * f * p,), tokens_per_frame=p, d=d, eps=eps,
+      block_d=block_d, num_warps=min(16, max(4, block_d // 256)), name="adaln_modulate")

@@ -1,0 +1,318 @@
+"""Benchmark of the kernels beside cuDNN, tokamax and XLA at the model's shapes: `python -m kernels.bench`.
+
+    python -m kernels.bench                                          # GPU: all cases, JSON lines, then a table
+    python -m kernels.bench --write-table kernels/measured_h100.json # and record the dispatch table
+    python -m kernels.bench --sweep                                  # and a block-size sweep (chunk-causal)
+    python -m kernels.bench --interpret --small                      # CPU smoke test: interpret mode, tiny shapes
+
+Shapes (B = 1, 12 heads, head dim 128, bf16; one chunk C = 4,680 tokens = 3 latent frames at 480×832):
+chunk-causal at 32,760 tokens and teacher forcing at 65,520, forward and forward+backward; a streaming chunk of
+4,680 queries against 14,040 and 32,760 keys, and against a 32,760-key buffer with 14,040 valid; text
+cross-attention 32,760 × 512; routed attention with 30 % of a chunk's queries active against 14,040 keys; the
+adaLN modulation of 32,760 tokens × 1,536.
+
+FLOPs are exact for the mask: 4 · (visible query-key pairs) · N · E for the forward, 3.5× that for
+forward+backward. Times are the minimum of --iters synchronised calls after 2 warm-up calls (the median is printed
+too). Each case runs in its own try/except: a failure (an OOM of the dense XLA path, a missing tokamax) is printed
+as that case's error and the others go on. Outputs are compared with the first baseline that ran (cuDNN, else XLA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import json
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kernels import adaln, dispatch, mask_tiles
+from kernels.flash_attention import SMALL_BLOCKS, BlockSizes, flash_attention
+from kernels.routed_attention import routed_attention, routed_attention_reference
+from liveedit_jax.attention import FULL, AttentionMask, attention
+from liveedit_jax.bench.timing import time_call
+
+BASELINES = ("cudnn", "tokamax_mosaic", "xla")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  name: str
+  kind: str  # "attention", "routed" or "adaln"
+  table_case: str | None = None  # the dispatch case this measurement ranks (--write-table)
+  mask: AttentionMask = FULL
+  t: int = 0  # queries (tokens for adaln)
+  s: int = 0  # keys
+  grad: bool = False  # forward+backward
+  kv_valid: int | None = None  # valid keys of a fixed-size buffer
+  active: int = 0  # routed: active queries
+  heads: int = 12
+  head_dim: int = 128
+  width: int = 1536  # adaln
+  frames: int = 21  # adaln
+
+  @property
+  def flops(self) -> float | None:
+    if self.kind == "adaln":
+      return None
+    if self.kind == "routed":
+      pairs = self.active * self.s
+    elif self.kv_valid is not None:
+      pairs = self.t * self.kv_valid
+    else:
+      pairs = mask_tiles.visible_pairs(self.mask, self.t, self.s)
+    return 4.0 * pairs * self.heads * self.head_dim * (3.5 if self.grad else 1.0)
+
+  @property
+  def bytes(self) -> float | None:
+    """adaln: the bytes it must move (fp32 in, bf16 out, per-frame shift and scale)."""
+    if self.kind != "adaln":
+      return None
+    return self.t * self.width * (4 + 2) + 2 * self.frames * self.width * 4
+
+
+def cases(small: bool) -> list[Case]:
+  c, n, e = (40, 2, 64) if small else (4680, 12, 128)
+  dims = dict(heads=n, head_dim=e)
+  cc, tf = AttentionMask("chunk_causal", c), AttentionMask("teacher_forcing", c)
+  text = 24 if small else 512
+  return [
+      Case("chunk_causal fwd", "attention", None, cc, 7 * c, 7 * c, **dims),
+      Case("chunk_causal fwd+bwd", "attention", "chunk_causal", cc, 7 * c, 7 * c, grad=True, **dims),
+      Case("teacher_forcing fwd", "attention", None, tf, 14 * c, 14 * c, **dims),
+      Case("teacher_forcing fwd+bwd", "attention", "teacher_forcing", tf, 14 * c, 14 * c, grad=True, **dims),
+      Case("stream 1x3 chunks", "attention", "full", FULL, c, 3 * c, **dims),
+      Case("stream 1x7 chunks", "attention", None, FULL, c, 7 * c, **dims),
+      Case("stream buffer 7, valid 3", "attention", "full_kv_length", FULL, c, 7 * c, kv_valid=3 * c, **dims),
+      Case("cross-attention", "attention", "cross", FULL, 7 * c, text, **dims),
+      Case("routed 30%", "routed", "routed", FULL, c, 3 * c, active=int(0.3 * c), **dims),
+      Case("adaln", "adaln", "adaln", t=3 * 10 if small else 21 * 1560, frames=3 if small else 21,
+           width=96 if small else 1536),
+  ]
+
+
+def _tokamax_attention(case: Case, kv_length):
+  """tokamax's Mosaic GPU kernel; chunk-causal through its private per-row k_end mask
+  (../shared/reference/jax_anchors.md §2.4)."""
+  import tokamax
+  if case.mask.kind == "full":
+    return lambda q, k, v: tokamax.dot_product_attention(q, k, v, key_value_seq_lengths=kv_length,
+                                                         implementation="mosaic")
+  if case.mask.kind != "chunk_causal":
+    raise NotImplementedError("tokamax's Mask holds one key interval per row; teacher forcing needs two")
+  from tokamax._src.ops.attention import api, base
+  impl = api.IMPLEMENTATIONS["mosaic"] if "mosaic" in api.IMPLEMENTATIONS else api.IMPLEMENTATIONS["mosaic_gpu"]
+  k_end = jnp.asarray(mask_tiles.row_intervals(case.mask, case.t, case.s)[:, 1])
+  return lambda q, k, v: impl(q, k, v, mask=base.Mask(k_end=k_end))
+
+
+def attention_fns(case: Case, kv_length, interpret: bool, blocks: BlockSizes) -> dict[str, Callable[[], Callable]]:
+  """impl → a builder of f(q, k, v) -> out (builders run inside the per-case try)."""
+  mask = case.mask
+  return {
+      "triton": lambda: lambda q, k, v: flash_attention(q, k, v, mask, kv_length, block_sizes=blocks,
+                                                        interpret=interpret),
+      "cudnn": lambda: lambda q, k, v: attention(q, k, v, mask=mask, kv_length=kv_length, impl="cudnn"),
+      "tokamax_mosaic": lambda: _tokamax_attention(case, kv_length),
+      "xla": lambda: lambda q, k, v: attention(q, k, v, mask=mask, kv_length=kv_length, impl="xla"),
+  }
+
+
+def routed_fns(interpret: bool, blocks: BlockSizes) -> dict[str, Callable[[], Callable]]:
+  def cudnn(q, k, v, idx, cache):
+    batch = jnp.arange(q.shape[0])[:, None]
+    out = attention(q[batch, idx], k, v, impl="cudnn")
+    return cache.at[batch, idx].set(out)
+
+  return {
+      "triton": lambda: lambda *x: routed_attention(*x, block_sizes=blocks, interpret=interpret),
+      "cudnn": lambda: cudnn,
+      "xla": lambda: routed_attention_reference,
+  }
+
+
+def adaln_fns() -> dict[str, Callable[[], Callable]]:
+  return {impl: (lambda impl=impl: functools.partial(adaln.adaln_modulate, implementation=impl))
+          for impl in ("triton", "xla")}
+
+
+def inputs(case: Case, key: jax.Array) -> tuple[Any, ...]:
+  ks = jax.random.split(key, 5)
+  bf16 = jnp.bfloat16
+  if case.kind == "adaln":
+    p = case.t // case.frames
+    x = jax.random.normal(ks[0], (1, case.frames, p, case.width), jnp.float32)
+    shift, scale = (0.1 * jax.random.normal(kk, (1, case.frames, 1, case.width), jnp.float32) for kk in ks[1:3])
+    return x, shift, scale
+  shape = lambda length: (1, length, case.heads, case.head_dim)  # noqa: E731
+  q = jax.random.normal(ks[0], shape(case.t), bf16)
+  k, v = (jax.random.normal(kk, shape(case.s), bf16) for kk in ks[1:3])
+  if case.kind == "routed":
+    idx = jax.random.permutation(ks[3], case.t)[:case.active][None].astype(jnp.int32)
+    return q, k, v, idx, jnp.zeros_like(q)
+  if case.grad:
+    return q, k, v, jax.random.normal(ks[4], shape(case.t), bf16)
+  return q, k, v
+
+
+def _jitted(case: Case, fn: Callable) -> Callable:
+  if case.grad:
+    return jax.jit(lambda q, k, v, d_out: jax.vjp(fn, q, k, v)[1](d_out))
+  return jax.jit(fn)
+
+
+def _rel_err(got, want) -> float:
+  got, want = jax.tree.leaves(got), jax.tree.leaves(want)
+  errs = [float(jnp.linalg.norm((g.astype(jnp.float32) - w.astype(jnp.float32)).ravel())
+                / jnp.maximum(jnp.linalg.norm(w.astype(jnp.float32).ravel()), 1e-30)) for g, w in zip(got, want)]
+  return max(errs)
+
+
+def run_case(case: Case, fns: dict[str, Callable[[], Callable]], args: tuple, iters: int, emit) -> dict[str, dict]:
+  results: dict[str, dict] = {}
+  reference = None
+  for impl in [i for i in ("cudnn", "xla") if i in fns] + [i for i in fns if i not in ("cudnn", "xla")]:
+    row: dict[str, Any] = {"case": case.name, "impl": impl}
+    try:
+      fn = _jitted(case, fns[impl]())
+      start = time.perf_counter()
+      out = jax.block_until_ready(fn(*args))
+      row["compile_s"] = round(time.perf_counter() - start, 2)
+      timing = time_call(fn, *args, iters=iters)
+      row["ms"], row["ms_median"] = round(timing["min_ms"], 4), round(timing["median_ms"], 4)
+      if case.flops is not None:
+        row["tflops"] = float(f"{case.flops / (timing['min_ms'] * 1e-3) / 1e12:.4g}")
+      if case.bytes is not None:
+        row["gbps"] = float(f"{case.bytes / (timing['min_ms'] * 1e-3) / 1e9:.4g}")
+      if reference is None:
+        reference = (impl, out)
+      else:
+        row["rel_err_vs_" + reference[0]] = float(f"{_rel_err(out, reference[1]):.3g}")
+      del out
+    except Exception as e:  # noqa: BLE001 - one failing case must not lose the others
+      row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+      if not isinstance(e, (ImportError, NotImplementedError)):
+        traceback.print_exc(file=sys.stderr)
+    results[impl] = row
+    emit(row)
+  return results
+
+
+SWEEP = [
+    BlockSizes(block_q=128, block_k=64, num_warps=8, num_stages=3),
+    BlockSizes(block_q=128, block_k=128, num_warps=8, num_stages=2),
+    BlockSizes(block_q=64, block_k=64, num_warps=4, num_stages=3),
+    BlockSizes(block_q=128, block_k=32, num_warps=4, num_stages=4),
+    BlockSizes(block_q_dq=64, block_kv_dq=64, block_q_dkv=64, block_kv_dkv=64, num_warps_bwd=4),
+    BlockSizes(block_q_dq=128, block_kv_dq=64, block_q_dkv=64, block_kv_dkv=128, num_warps_bwd=8),
+    BlockSizes(block_q_dq=64, block_kv_dq=32, block_q_dkv=32, block_kv_dkv=64, num_warps_bwd=4, num_stages_bwd=3),
+]
+
+
+def table(all_results: dict[str, dict[str, dict]]) -> str:
+  impls = ["triton", "cudnn", "tokamax_mosaic", "xla"]
+  lines = [f"{'case':28s}" + "".join(f"{i:>22s}" for i in impls) + f"{'triton vs best':>16s}"]
+  for name, results in all_results.items():
+    cells = []
+    for impl in impls:
+      r = results.get(impl)
+      if r is None:
+        cells.append(f"{'-':>22s}")
+      elif "error" in r:
+        cells.append(f"{'error':>22s}")
+      else:
+        extra = f" ({r['tflops']:.0f} TF/s)" if "tflops" in r else (f" ({r['gbps']:.0f} GB/s)" if "gbps" in r else "")
+        cells.append(f"{r['ms']:>10.3f} ms{extra:>10s}")
+    ours = results.get("triton", {}).get("ms")
+    best = [r["ms"] for i, r in results.items() if i != "triton" and "ms" in r]
+    speedup = f"{min(best) / ours:.2f}x" if ours and best else "-"
+    lines.append(f"{name:28s}" + "".join(cells) + f"{speedup:>16s}")
+  return "\n".join(lines)
+
+
+def targets(all_results: dict[str, dict[str, dict]]) -> list[str]:
+  """The issue's targets: chunk-causal fwd+bwd ≥ 1.15× the best other path; ≥ 600 TFLOP/s forward."""
+  out = []
+  r = all_results.get("chunk_causal fwd+bwd", {})
+  ours, best = r.get("triton", {}).get("ms"), [x["ms"] for i, x in r.items() if i != "triton" and "ms" in x]
+  if ours and best:
+    out.append(f"chunk-causal fwd+bwd: {min(best) / ours:.2f}x the best other path (target ≥ 1.15x): "
+               f"{'met' if min(best) / ours >= 1.15 else 'NOT met'}")
+  for name in ("chunk_causal fwd", "teacher_forcing fwd"):
+    tf = all_results.get(name, {}).get("triton", {}).get("tflops")
+    if tf is not None:
+      out.append(f"{name}: {tf:.0f} TFLOP/s effective (target ≥ 600): {'met' if tf >= 600 else 'NOT met'}")
+  return out
+
+
+def write_table(path: str, all_results: dict[str, dict[str, dict]], case_list: list[Case], command: str) -> None:
+  recorded = {}
+  for case in case_list:
+    if case.table_case is None or case.name not in all_results:
+      continue
+    ms = {impl: r["ms"] for impl, r in all_results[case.name].items() if "ms" in r}
+    shape = (f"{case.t} x {case.width}" if case.kind == "adaln" else
+             f"T={case.t}, S={case.s}, N={case.heads}, E={case.head_dim}, mask {case.mask.kind}"
+             + (f", {case.kv_valid} valid keys" if case.kv_valid else "")
+             + (f", {case.active} active queries" if case.active else ""))
+    recorded[case.table_case] = {"pass": "fwd+bwd" if case.grad else "fwd", "shape": shape, "ms": ms}
+  doc = {"device": jax.devices()[0].device_kind, "software": f"jax {jax.__version__}",
+         "source": f"`{command}` on {datetime.date.today().isoformat()} (minimum of the timed calls)",
+         "cases": recorded}
+  with open(path, "w") as f:
+    json.dump(doc, f, indent=2)
+  dispatch.load_policy(path)  # the file must load back
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
+  parser = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.splitlines()[0])
+  parser.add_argument("--interpret", action="store_true", help="Pallas interpret mode (CPU smoke test)")
+  parser.add_argument("--small", action="store_true", help="tiny shapes (with --interpret on CPU)")
+  parser.add_argument("--iters", type=int, default=10)
+  parser.add_argument("--only", default="", help="run only cases whose name contains this")
+  parser.add_argument("--sweep", action="store_true", help="also time the block sizes in SWEEP (chunk-causal)")
+  parser.add_argument("--write-table", default="", help="write the dispatch table (kernels/dispatch.py) here")
+  args = parser.parse_args(argv)
+  blocks = SMALL_BLOCKS if args.small else BlockSizes()
+  emit = lambda row: print(json.dumps(row), flush=True)  # noqa: E731
+  print(json.dumps({"device": str(jax.devices()[0]), "jax": jax.__version__, "interpret": args.interpret}))
+  all_results: dict[str, dict[str, dict]] = {}
+  case_list = [c for c in cases(args.small) if args.only in c.name]
+  for i, case in enumerate(case_list):
+    try:
+      call_args = inputs(case, jax.random.key(i))
+      kv_length = None if case.kv_valid is None else jnp.asarray([case.kv_valid], jnp.int32)
+      if case.kind == "attention":
+        fns = attention_fns(case, kv_length, args.interpret, blocks)
+      elif case.kind == "routed":
+        fns = routed_fns(args.interpret, blocks)
+      else:
+        fns = adaln_fns()
+      all_results[case.name] = run_case(case, fns, call_args, args.iters, emit)
+      if args.sweep and case.mask.kind == "chunk_causal":
+        for j, sweep_blocks in enumerate(SWEEP):
+          sweep = {f"triton sweep {j} {sweep_blocks}": attention_fns(case, kv_length, args.interpret,
+                                                                      sweep_blocks)["triton"]}
+          run_case(case, sweep, call_args, args.iters, emit)
+      del call_args
+    except Exception as e:  # noqa: BLE001
+      emit({"case": case.name, "error": f"{type(e).__name__}: {e}"})
+  print()
+  print(table(all_results))
+  for line in targets(all_results):
+    print(line)
+  if args.write_table:
+    write_table(args.write_table, all_results, case_list, "python -m kernels.bench " + " ".join(argv or sys.argv[1:]))
+    print(f"wrote {args.write_table}")
+  return all_results
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,110 @@
+"""The "pallas" attention implementation: per case, the fastest path measured on this kind of GPU.
+
+    import kernels.dispatch
+    kernels.dispatch.enable()                          # registers "pallas" with liveedit_jax.attention
+    cfg = DiTConfig.preset("liveedit-1.3b", attention="pallas")
+
+A hand-written kernel earns its place only where it beats what JAX already has, so the choice is data: a table of
+measured milliseconds per case and implementation (`measured_h100.json`, written by
+`python -m kernels.bench --write-table`), and `Policy.choose` takes the fastest measured implementation that can run
+the call. An implementation without a measurement is never preferred over one with a measurement; with none
+measured, cuDNN (half precision) or XLA runs. Off GPU everything falls back to the XLA reference.
+
+Cases (the attention calls the model makes):
+  chunk_causal, teacher_forcing   training masks; ranked by forward+backward time
+  full                            a streaming chunk against its exact K/V (forward)
+  full_kv_length                  a streaming chunk against a fixed-size KV buffer with valid lengths (forward)
+  cross                           text cross-attention, ≤ 1,024 keys (forward)
+  routed, adaln                   not attention() calls: `kernels.routed_attention`, `kernels.adaln`, for callers
+                                  that choose with `policy().choose(...)`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from kernels.flash_attention import flash_attention
+from liveedit_jax.attention import AttentionMask, attention, register_attention_impl
+
+TABLE = Path(__file__).with_name("measured_h100.json")
+CASES = ("chunk_causal", "teacher_forcing", "full", "full_kv_length", "cross", "routed", "adaln")
+CROSS_MAX_KEYS = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  """ms: {case: {implementation: measured ms}}."""
+
+  ms: Mapping[str, Mapping[str, float]]
+
+  def choose(self, case: str, candidates: Sequence[str], default: str) -> str:
+    """The fastest measured of `candidates` for `case`, else `default`."""
+    if case not in CASES:
+      raise ValueError(f"unknown case {case!r}; known: {CASES}")
+    measured = {impl: ms for impl, ms in self.ms.get(case, {}).items() if impl in candidates}
+    return min(measured, key=measured.__getitem__) if measured else default
+
+
+def load_policy(path: str | Path = TABLE) -> Policy:
+  """The policy of a measurement table (an absent file gives a policy with no measurements)."""
+  path = Path(path)
+  if not path.exists():
+    return Policy({})
+  cases = json.loads(path.read_text())["cases"]
+  unknown = set(cases) - set(CASES)
+  if unknown:
+    raise ValueError(f"{path}: unknown cases {sorted(unknown)}; known: {CASES}")
+  return Policy({case: dict(entry["ms"]) for case, entry in cases.items()})
+
+
+_ACTIVE: list[Policy] = []
+
+
+def policy() -> Policy:
+  """The policy `enable` installed (the shipped table if `enable` was not called)."""
+  if not _ACTIVE:
+    _ACTIVE.append(load_policy())
+  return _ACTIVE[0]
+
+
+def case_of(mask: AttentionMask, kv_len: int, kv_length) -> str:
+  if mask.kind != "full":
+    return mask.kind
+  if kv_length is not None:
+    return "full_kv_length"
+  return "cross" if kv_len <= CROSS_MAX_KEYS else "full"
+
+
+def _candidates(q: jax.Array) -> list[str]:
+  e = q.shape[-1]
+  out = ["xla"]
+  if q.dtype in (jnp.bfloat16, jnp.float16):
+    out.append("cudnn")
+  if e >= 16 and not e & (e - 1):
+    out.append("triton")
+  return out
+
+
+def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, kv_length) -> jax.Array:
+  """`liveedit_jax.attention.attention(..., impl="pallas")`: the policy's choice for this call."""
+  if jax.default_backend() != "gpu":
+    return attention(q, k, v, mask=mask, kv_length=kv_length, impl="xla")
+  candidates = _candidates(q)
+  default = "cudnn" if "cudnn" in candidates else "xla"
+  impl = policy().choose(case_of(mask, k.shape[1], kv_length), candidates, default)
+  if impl == "triton":
+    return flash_attention(q, k, v, mask, kv_length)
+  return attention(q, k, v, mask=mask, kv_length=kv_length, impl=impl)
+
+
+def enable(table: str | Path | None = None) -> Policy:
+  """Registers "pallas" with liveedit_jax.attention, ranking by `table` (default: the shipped H100 table)."""
+  _ACTIVE[:] = [load_policy(TABLE if table is None else table)]
+  register_attention_impl("pallas", pallas_attention)
+  return _ACTIVE[0]

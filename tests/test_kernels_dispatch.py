@@ -1,0 +1,82 @@
+"""The "pallas" attention implementation: the measured-table policy, its registration, and the bench entry point."""
+
+import json
+import random
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import bench, dispatch
+from liveedit_jax import attention as attention_mod
+from liveedit_jax.attention import AttentionMask, attention, attention_reference
+from liveedit_jax.config import DiTConfig
+from liveedit_jax.dit import dit_forward, init_dit_params
+from tests.numerics import BF16_RTOL
+
+
+def test_policy_picks_the_fastest_measured_candidate():
+  p = dispatch.Policy({"chunk_causal": {"cudnn": 25.2, "triton": 21.0, "tokamax_mosaic": 6.7},
+                       "full": {"cudnn": 0.9, "xla": 3.8}})
+  everything = ["xla", "cudnn", "triton"]
+  assert p.choose("chunk_causal", everything, "cudnn") == "triton"  # tokamax is no candidate here
+  assert p.choose("chunk_causal", ["xla", "cudnn"], "xla") == "cudnn"
+  assert p.choose("full", everything, "cudnn") == "cudnn"  # an unmeasured kernel is never preferred
+  assert p.choose("teacher_forcing", everything, "cudnn") == "cudnn"  # nothing measured: the default
+  with pytest.raises(ValueError, match="unknown case"):
+    p.choose("causal", everything, "xla")
+
+
+def test_shipped_table_loads_and_ranks_cudnn_until_the_kernels_are_measured():
+  table = json.loads(dispatch.TABLE.read_text())
+  assert set(table["cases"]) <= set(dispatch.CASES)
+  measured = {impl: ms for impl, ms in table["cases"]["chunk_causal"]["ms"].items()
+              if impl in ("xla", "cudnn", "triton")}
+  assert dispatch.load_policy().choose("chunk_causal", ["xla", "cudnn", "triton"], "xla") == min(
+      measured, key=measured.__getitem__)
+  assert dispatch.load_policy("/nonexistent/table.json").ms == {}
+
+
+@pytest.mark.parametrize("mask, s, kv, case", [(AttentionMask("chunk_causal", 5), 20, False, "chunk_causal"),
+                                               (AttentionMask("teacher_forcing", 5), 20, False, "teacher_forcing"),
+                                               (attention_mod.FULL, 2000, False, "full"),
+                                               (attention_mod.FULL, 2000, True, "full_kv_length"),
+                                               (attention_mod.FULL, 512, False, "cross")])
+def test_case_of(mask, s, kv, case):
+  assert dispatch.case_of(mask, s, jnp.ones((1,)) if kv else None) == case
+
+
+def test_pallas_impl_is_registered_and_falls_back_to_xla_off_gpu():
+  seed = random.SystemRandom().randrange(2**31)
+  rng = np.random.default_rng(seed)
+  dispatch.enable()
+  mask = AttentionMask("chunk_causal", 7)
+  q, k, v = (jnp.asarray(rng.standard_normal((1, 30, 2, 16)), jnp.float32) for _ in range(3))
+  got = attention(q, k, v, mask=mask, impl="pallas")
+  np.testing.assert_array_equal(got, attention_reference(q, k, v, mask.dense(30, 30)), err_msg=f"seed {seed}")
+
+
+def test_dit_config_selects_pallas():
+  """DiTConfig(attention="pallas") runs the chunk-causal DiT through the registered implementation."""
+  dispatch.enable()
+  seed = random.SystemRandom().randrange(2**31)
+  rng = np.random.default_rng(seed)
+  cfg = DiTConfig.preset("tiny")
+  params = init_dit_params(cfg, jax.random.key(seed))
+  x = jnp.asarray(rng.standard_normal((1, 4, 4, 4, cfg.in_channels)), jnp.float32)
+  ctx = jnp.asarray(rng.standard_normal((1, cfg.text_len, cfg.text_dim)), jnp.float32)
+  t = jnp.asarray([500.0])
+  run = lambda c: dit_forward(c, params, x, t, ctx, chunk_frames=2)  # noqa: E731
+  np.testing.assert_array_equal(run(DiTConfig.preset("tiny", attention="pallas")), run(cfg), err_msg=f"seed {seed}")
+
+
+def test_bench_smoke(tmp_path):
+  """`python -m kernels.bench --interpret --small` on one case: the kernel runs, matches XLA, the table is written."""
+  out = tmp_path / "table.json"
+  results = bench.main(["--interpret", "--small", "--iters", "1", "--only", "chunk_causal fwd+bwd",
+                        "--write-table", str(out)])
+  row = results["chunk_causal fwd+bwd"]["triton"]
+  assert "error" not in row and row["rel_err_vs_xla"] <= BF16_RTOL
+  assert "error" in results["chunk_causal fwd+bwd"]["cudnn"]  # no cuDNN on CPU, reported, not raised
+  assert set(dispatch.load_policy(out).ms["chunk_causal"]) == {"xla", "triton"}
