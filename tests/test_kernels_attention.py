@@ -5,6 +5,7 @@ the tiles, with every output poisoned (NaN) before the kernels write. GPU (`gpu`
 Inputs are fresh random draws every run; the seed is in each failure message.
 """
 
+import functools
 import random
 
 import jax
@@ -142,7 +143,9 @@ def test_flash_attention_kv_length():
   q, k, v = (_normal(rng, (b, length, n, e), jnp.float32) for length in (t, s, s))
   d_out = _normal(rng, (b, t, n, e), jnp.float32)
   lengths = jnp.asarray([int(rng.integers(1, s)), 0, s], jnp.int32)
-  kernel = lambda q, k, v: flash_attention(q, k, v, FULL, lengths, block_sizes=SMALL_BLOCKS, interpret=True)  # noqa: E731
+  def kernel(q, k, v):
+    return flash_attention(q, k, v, FULL, lengths, block_sizes=SMALL_BLOCKS, interpret=True)
+
   with common.poisoned_outputs():
     got = jax.jit(lambda *x: _grads(kernel, *x))(q, k, v, d_out)
   want = _grads(lambda q, k, v: flash_attention_reference(q, k, v, FULL, lengths), q, k, v, d_out)
@@ -215,7 +218,8 @@ def test_kernels_lower_to_triton_at_real_shapes():
   for mask, t in [(AttentionMask("chunk_causal", C_REAL), 7 * C_REAL),
                   (AttentionMask("teacher_forcing", C_REAL), 14 * C_REAL)]:
     x = jax.ShapeDtypeStruct((1, t, 12, 128), bf16)
-    fwd_bwd = lambda q, k, v: jax.vjp(lambda *a: flash_attention(*a, mask, interpret=False), q, k, v)[1](q)  # noqa: B023,E731
+    kernel = functools.partial(flash_attention, mask=mask, interpret=False)
+    fwd_bwd = lambda q, k, v: jax.vjp(kernel, q, k, v)[1](q)  # noqa: B023,E731
     assert lower(fwd_bwd, x, x, x).count(target) == 3  # forward, dQ, dK/dV
   q = jax.ShapeDtypeStruct((1, C_REAL, 12, 128), bf16)
   kv = jax.ShapeDtypeStruct((1, 7 * C_REAL, 12, 128), bf16)
