@@ -200,10 +200,13 @@ class Block(nn.Module):
     k, v = self.cross_attn.project_kv(context)
     return k.astype(self.config.dtype), v
 
+  def feed_forward_input(self, x: jax.Array, m: list[jax.Array]) -> jax.Array:
+    """Modulated LayerNorm of x before the FFN: [B, F, P, D] float32."""
+    return layer_normalize(x, self.config.eps) * (1 + m[4]) + m[3]
+
   def feed_forward(self, x: jax.Array, m: list[jax.Array]) -> jax.Array:
     """Gated FFN residual update for x [B, F, P, D], float32."""
-    u = layer_normalize(x, self.config.eps) * (1 + m[4]) + m[3]
-    return self.ffn(u) * m[5]
+    return self.ffn(self.feed_forward_input(x, m)) * m[5]
 
   def __call__(self, x, e0, text_k, text_v, cos, sin, attend: AttendFn, layer_state: Any, impl: str):
     """x [B, F, P, D] float32 → (x, attend's layer_output)."""
@@ -329,17 +332,20 @@ def output_head(config: DiTConfig, params: Params, tokens: jax.Array, e: jax.Arr
 
 
 def run_blocks(config: DiTConfig, block_params: Params, x: jax.Array, e0: jax.Array, text_kv, cos, sin,
-               attend: AttendFn, impl: str, layer_state: Any = None) -> tuple[jax.Array, Any]:
+               attend: AttendFn, impl: str, layer_state: Any = None,
+               block_fn: Callable[..., tuple[jax.Array, Any]] = Block.__call__) -> tuple[jax.Array, Any]:
   """All blocks over the residual stream x [B, F, P, D] (a `lax.scan` over the stacked layer axis).
 
-  layer_state: a pytree with a leading [L] axis, sliced per layer and handed to `attend`.
-  Returns (x, attend's layer outputs stacked over layers).
+  layer_state: a pytree with a leading [L] axis, sliced per layer and handed to `block_fn` (and so to `attend`).
+  block_fn: how one block runs, `fn(block, x, e0, text_k, text_v, cos, sin, attend, layer_state, impl)` with the
+    block bound to its parameters (default `Block.__call__`; the mask cache routes tokens differently).
+  Returns (x, the block's layer outputs stacked over layers).
   """
   block = Block(config)
 
   def body(x, layer):
     p, text_k, text_v, state = layer
-    return block.apply({"params": p}, x, e0, text_k, text_v, cos, sin, attend, state, impl)
+    return block.apply({"params": p}, x, e0, text_k, text_v, cos, sin, attend, state, impl, method=block_fn)
 
   if config.remat:
     body = jax.checkpoint(body, prevent_cse=False)

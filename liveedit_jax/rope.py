@@ -55,9 +55,12 @@ def rope_cos_sin(frame_positions: jax.Array, height: int, width: int, *, head_di
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-  """Rotate interleaved pairs of x: [B, T, N, E] with cos/sin [T, E/2]; float32 math, x's dtype out."""
+  """Rotate interleaved pairs of x: [B, T, N, E] with cos/sin [T, E/2] (or per sample, [B, T, E/2]).
+
+  float32 math, x's dtype out.
+  """
   xf = x.astype(jnp.float32).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
   even, odd = xf[..., 0], xf[..., 1]
-  c, s = cos[None, :, None, :], sin[None, :, None, :]
+  c, s = (cos[None, :, None, :], sin[None, :, None, :]) if cos.ndim == 2 else (cos[:, :, None, :], sin[:, :, None, :])
   out = jnp.stack([even * c - odd * s, even * s + odd * c], axis=-1)
   return out.reshape(x.shape).astype(x.dtype)

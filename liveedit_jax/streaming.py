@@ -9,6 +9,9 @@ axis at every forward, fresh noise between steps), then refreshes the KV cache w
 from a forward at t = 0 on the clean output (`refresh="clean"`, Self-Forcing's inference) or from the last
 denoising forward (`refresh="none"`, one forward fewer per chunk). The first chunk attends to an empty cache.
 
+With the mask cache on (`StreamConfig.mask_cache`, see `mask_cache.py`) the first chunk runs in full and later
+chunks recompute only their most-edited tokens; the first chunk and the rest are two compiles.
+
 Every shape in `StreamState` is fixed by `StreamConfig` and the latent size, so one compile serves a stream of any
 length at constant memory: the KV cache is a ring of `cache_frames` past frames (`sink_frames` of them never
 evicted) and RoPE positions are re-based before they run past the table (see `kv_cache.py`).
@@ -30,6 +33,8 @@ from liveedit_jax.attention import attention
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import Params, embed_latents, frame_rope, output_head, run_blocks, text_kv_per_layer
 from liveedit_jax.kv_cache import KVCache
+from liveedit_jax.mask_cache import (MaskCacheConfig, MaskStats, TokenCache, chunk_token_indices, mask_iou,
+                                     routed_block, select_active, token_distance)
 from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, warped_timesteps, x0_from_flow
 
 Refresh = Literal["clean", "none"]
@@ -44,6 +49,11 @@ class StreamConfig:
   sink_frames: int = 0  # of those, the first frames of the stream, never evicted
   timesteps: tuple[float, ...] = warped_timesteps()  # 1000, 937.5, 833.33…, 625
   refresh: Refresh = "clean"
+  mask_cache: MaskCacheConfig = MaskCacheConfig()
+
+  @property
+  def forwards_per_chunk(self) -> int:
+    return len(self.timesteps) + (self.refresh == "clean")
 
   def __post_init__(self):
     c = self.chunk_frames
@@ -66,8 +76,10 @@ class StreamState:
   text_v: jax.Array  # [L, B, text_len, N, E]
   frame_index: jax.Array  # int32 []: RoPE frame position of the next chunk (re-based, < rope_max_positions)
   rng: jax.Array  # PRNG key for the denoising noise
+  tokens: TokenCache | None  # the mask cache's token cache and next mask (None when the mask cache is off)
   options: StreamConfig = flax.struct.field(pytree_node=False)
   latent_hw: tuple[int, int] = flax.struct.field(pytree_node=False)
+  first_chunk: bool = flax.struct.field(pytree_node=False, default=False)  # runs in full (mask cache only)
 
 
 def init_stream(config: DiTConfig, params: Params, context: jax.Array, *, latent_height: int, latent_width: int,
@@ -83,18 +95,26 @@ def init_stream(config: DiTConfig, params: Params, context: jax.Array, *, latent
     raise ValueError(f"cache_frames + 2·chunk_frames must fit the RoPE table ({config.rope_max_positions})")
   text_k, text_v = jax.jit(text_kv_per_layer, static_argnums=0)(config, params, context)
   frame_tokens = (latent_height // ph) * (latent_width // pw)
-  kv = KVCache.empty(config.num_layers, context.shape[0], options.cache_frames, frame_tokens, config.num_heads,
+  batch = context.shape[0]
+  kv = KVCache.empty(config.num_layers, batch, options.cache_frames, frame_tokens, config.num_heads,
                      config.head_dim, config.dtype, options.sink_frames)
-  return StreamState(kv, text_k, text_v, jnp.zeros((), jnp.int32),
-                     jax.random.key(0) if rng is None else rng, options, (latent_height, latent_width))
+  mc = options.mask_cache
+  tokens = None
+  if mc.enabled:
+    tokens = TokenCache.empty(mc, config.num_layers, options.forwards_per_chunk, batch, options.chunk_frames,
+                              frame_tokens, config.dim, config.num_heads, config.dtype)
+  return StreamState(kv, text_k, text_v, jnp.zeros((), jnp.int32), jax.random.key(0) if rng is None else rng,
+                     tokens, options, (latent_height, latent_width), first_chunk=mc.enabled)
 
 
-def stream_forward(config: DiTConfig, params: Params, state: StreamState, x: jax.Array,
-                   t: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+def stream_forward(config: DiTConfig, params: Params, state: StreamState, x: jax.Array, t: jax.Array,
+                   routing: tuple[jax.Array, Any] | None = None):
   """One DiT forward of the current chunk against the cache (which it does not modify).
 
   x: [B, c, H, W, C_in] (noisy ‖ source for editing); t: [B] timesteps.
-  Returns (flow [B, c, H, W, latent_channels] float32, the chunk's (k, v), each [L, B, c·P, N, E]).
+  routing: for the mask cache, (active token indices [B, c·A], this step's token-cache entries (out, k, v)).
+  Returns (flow [B, c, H, W, latent_channels] float32, the chunk's (k, v), each [L, B, c·P, N, E], and with
+  routing the updated token-cache entries, else None).
   """
   b, c, hh, ww, _ = x.shape
   _, ph, pw = config.patch_size
@@ -111,9 +131,15 @@ def stream_forward(config: DiTConfig, params: Params, state: StreamState, x: jax
                   impl=impl)
     return o, (k, v)
 
-  tokens, chunk_kv = run_blocks(config, params["blocks"], tokens, e0, (state.text_k, state.text_v), cos, sin,
-                                attend, impl, (state.kv.k, state.kv.v))
-  return output_head(config, params, tokens, e, h, w), chunk_kv
+  text_kv, kv_state = (state.text_k, state.text_v), (state.kv.k, state.kv.v)
+  if routing is None:
+    tokens, chunk_kv = run_blocks(config, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl, kv_state)
+    return output_head(config, params, tokens, e, h, w), chunk_kv, None
+  active, entries = routing
+  block_fn = functools.partial(routed_block, options=state.options.mask_cache, tokens=active)
+  tokens, (chunk_kv, entries) = run_blocks(config, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl,
+                                           (kv_state, entries), block_fn)
+  return output_head(config, params, tokens, e, h, w), chunk_kv, entries
 
 
 def advance(config: DiTConfig, state: StreamState, chunk_kv: tuple[jax.Array, jax.Array]) -> StreamState:
@@ -147,15 +173,45 @@ def _stream_step(config: DiTConfig, params: Params, state: StreamState, source_c
     noise = jax.random.normal(key, (steps, *source_chunk.shape), jnp.float32)
   source = source_chunk.astype(jnp.float32)
   b = source.shape[0]
+  tokens = state.tokens
+  if tokens is not None:
+    frame_tokens = state.kv.frame_tokens
+    spatial = (jnp.broadcast_to(jnp.arange(frame_tokens, dtype=jnp.int32), (b, frame_tokens)) if state.first_chunk
+               else tokens.active)
+    active = chunk_token_indices(spatial, opts.chunk_frames, frame_tokens)
+
+  def forward(i, x, t):
+    nonlocal tokens
+    routing = None if tokens is None else (active, tokens.step(i))
+    flow, chunk_kv, entries = stream_forward(config, params, state, jnp.concatenate([x, source], -1),
+                                             jnp.full((b,), t), routing)
+    if tokens is not None:
+      tokens = tokens.set_step(i, entries)
+    return flow, chunk_kv
+
   x = noise[0]
   for i, t in enumerate(opts.timesteps):
-    flow, chunk_kv = stream_forward(config, params, state, jnp.concatenate([x, source], -1), jnp.full((b,), t))
+    flow, chunk_kv = forward(i, x, t)
     x0 = x0_from_flow(x, flow, t / TRAIN_TIMESTEPS)
     if i + 1 < steps:
       x = add_noise(x0, noise[i + 1], opts.timesteps[i + 1] / TRAIN_TIMESTEPS)
   if opts.refresh == "clean":
-    _, chunk_kv = stream_forward(config, params, state, jnp.concatenate([x0, source], -1), jnp.zeros((b,)))
-  return x0, advance(config, state, chunk_kv).replace(rng=rng)
+    _, chunk_kv = forward(steps, x0, 0.0)
+  state = advance(config, state, chunk_kv).replace(rng=rng)
+  if tokens is not None:
+    state = state.replace(tokens=_next_mask(config, state, tokens, x0, source), first_chunk=False)
+  return x0, state
+
+
+def _next_mask(config: DiTConfig, state: StreamState, tokens: TokenCache, edited: jax.Array,
+               source: jax.Array) -> TokenCache:
+  """The next chunk's active tokens: the most-edited positions of this chunk, with their statistics."""
+  frame_tokens = state.kv.frame_tokens
+  distance = token_distance(edited, source, config.patch_size)
+  active, threshold = select_active(distance, tokens.active.shape[1])
+  iou = mask_iou(active, tokens.active, frame_tokens) if not state.first_chunk else jnp.zeros(active.shape[:1])
+  stats = MaskStats(jnp.asarray(active.shape[1] / frame_tokens, jnp.float32), iou, threshold, distance)
+  return tokens.replace(active=active, stats=stats)
 
 
 stream_step = jax.jit(_stream_step, static_argnums=0, donate_argnums=2)

@@ -10,6 +10,7 @@ import pytest
 
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import dit_forward, init_dit_params
+from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, x0_from_flow
 from liveedit_jax.streaming import (StreamConfig, _stream_step, advance, init_stream, stream_forward,
                                     stream_step)
@@ -18,6 +19,7 @@ from tests.numerics import FP32_RTOL, rel_err
 CFG = DiTConfig.preset("tiny")
 H, W = 4, 6  # latent size: 2×3 patches, P = 6 tokens per frame
 CHUNK = 3
+NO_MASK = MaskCacheConfig(cache_on="none")  # exact chunk-causal streaming (the mask cache approximates it)
 
 
 def _seed():
@@ -57,13 +59,13 @@ def test_stream_forward_equals_teacher_forcing(params):
   noisy, clean, source = (_latents(rng, b, n * CHUNK, H, W, 16) for _ in range(3))
   t = rng.uniform(1, 1000, (b, n)).astype(np.float32)
   state = init_stream(CFG, params, ctx, latent_height=H, latent_width=W,
-                      options=StreamConfig(cache_frames=n * CHUNK))
+                      options=StreamConfig(cache_frames=n * CHUNK, mask_cache=NO_MASK))
   streamed = []
   for c in range(n):
     sl = slice(c * CHUNK, (c + 1) * CHUNK)
-    flow, _ = chunk_forward(CFG, params, state, jnp.concatenate([noisy[:, sl], source[:, sl]], -1), t[:, c])
+    flow, _, _ = chunk_forward(CFG, params, state, jnp.concatenate([noisy[:, sl], source[:, sl]], -1), t[:, c])
     streamed.append(flow)
-    _, kv = chunk_forward(CFG, params, state, jnp.concatenate([clean[:, sl], source[:, sl]], -1), jnp.zeros(b))
+    _, kv, _ = chunk_forward(CFG, params, state, jnp.concatenate([clean[:, sl], source[:, sl]], -1), jnp.zeros(b))
     state = advance_jit(CFG, state, kv)
   tf = tf_forward(CFG, params, jnp.concatenate([noisy, source], -1), np.repeat(t, CHUNK, axis=1), ctx,
                   clean_x=jnp.concatenate([clean, source], -1))
@@ -118,7 +120,7 @@ def test_stream_step_equals_teacher_forcing_rollout(params, refresh):
   seed = _seed()
   rng = np.random.default_rng(seed)
   n, b = 3, 1
-  options = StreamConfig(cache_frames=n * CHUNK, refresh=refresh)
+  options = StreamConfig(cache_frames=n * CHUNK, refresh=refresh, mask_cache=NO_MASK)
   ctx = _context(rng, b)
   source = _latents(rng, b, n * CHUNK, H, W, 16)
   noise = _latents(rng, len(options.timesteps), b, n * CHUNK, H, W, 16)
@@ -148,10 +150,10 @@ def _run_stream(params, options, n_chunks, seed, config=CFG):
 def test_window_larger_than_stream_is_no_window(params):
   seed = _seed()
   n = 4
-  exact, _ = _run_stream(params, StreamConfig(cache_frames=n * CHUNK), n, seed)
-  wide, _ = _run_stream(params, StreamConfig(cache_frames=4 * n * CHUNK), n, seed)
+  exact, _ = _run_stream(params, StreamConfig(cache_frames=n * CHUNK, mask_cache=NO_MASK), n, seed)
+  wide, _ = _run_stream(params, StreamConfig(cache_frames=4 * n * CHUNK, mask_cache=NO_MASK), n, seed)
   assert rel_err(wide, exact) <= FP32_RTOL
-  narrow, _ = _run_stream(params, StreamConfig(cache_frames=CHUNK), n, seed)
+  narrow, _ = _run_stream(params, StreamConfig(cache_frames=CHUNK, mask_cache=NO_MASK), n, seed)
   assert rel_err(narrow[:, :2 * CHUNK], exact[:, :2 * CHUNK]) <= FP32_RTOL  # nothing evicted yet
   assert rel_err(narrow[:, 2 * CHUNK:], exact[:, 2 * CHUNK:]) > 1e-4  # chunk 0 evicted from chunk 2 on
 
@@ -159,7 +161,7 @@ def test_window_larger_than_stream_is_no_window(params):
 def test_rope_rebasing_preserves_outputs(params):
   """A stream re-based every few chunks (table of 24 positions) equals one that never needs to (1024)."""
   seed = _seed()
-  options = StreamConfig(cache_frames=6, sink_frames=3)
+  options = StreamConfig(cache_frames=6, sink_frames=3, mask_cache=NO_MASK)
   n = 20  # 60 frames: re-bases at frames 21, 39 and 57
   short, state = _run_stream(params, options, n, seed, CFG.replace(rope_max_positions=24))
   long, _ = _run_stream(params, options, n, seed)
@@ -171,7 +173,7 @@ def test_rope_rebasing_preserves_outputs(params):
 def test_unbounded_stream_compiles_once_at_constant_memory(params):
   seed = _seed()
   cfg = CFG.replace(rope_max_positions=30)  # re-bases many times over the stream
-  options = StreamConfig(cache_frames=6, sink_frames=3, refresh="none")
+  options = StreamConfig(cache_frames=6, sink_frames=3, refresh="none", mask_cache=NO_MASK)
   rng = np.random.default_rng(seed)
   state = init_stream(cfg, params, _context(rng), latent_height=H, latent_width=W, options=options)
   shapes = jax.tree.map(lambda a: (a.shape, a.dtype), state)
@@ -190,7 +192,8 @@ def test_unbounded_stream_compiles_once_at_constant_memory(params):
 
 def test_bad_chunk_shape_is_explained(params):
   rng = np.random.default_rng(0)
-  state = init_stream(CFG, params, _context(rng), latent_height=H, latent_width=W)
+  state = init_stream(CFG, params, _context(rng), latent_height=H, latent_width=W,
+                      options=StreamConfig(mask_cache=NO_MASK))
   with pytest.raises(ValueError, match=r"source_chunk must be \[B, chunk_frames, H, W, C\] = \[1, 3, 4, 6, 16\], "
                      r"got \[1, 2, 4, 6, 16\]"):
     _stream_step(CFG, params, state, jnp.zeros((1, 2, H, W, 16)))

@@ -1,0 +1,103 @@
+"""Streaming-step benchmark: ms per chunk, cold compile time and peak memory of `stream_step`.
+
+    python -m liveedit_jax.bench stream                          # liveedit-1.3b, bf16, 480×832, 3-frame chunks
+    python -m liveedit_jax.bench stream --prune 0 0.5 0.7 0.9 --cache-on self_attn ffn --static-kv recompute reuse
+    python -m liveedit_jax.bench stream --config tiny --height 64 --width 64   # CPU smoke run
+
+Random weights (speed does not depend on them). One JSON line per variant (`process_peak_gib` is the peak since
+the process started, so run a variant alone for its own peak); FPS counts 4 video frames per latent
+frame (the VAE's temporal stride), as the PyTorch reference's 318 ms/chunk = 37.7 FPS does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+
+from liveedit_jax.bench.timing import peak_memory_gib
+from liveedit_jax.config import DiTConfig
+from liveedit_jax.dit import init_dit_params
+from liveedit_jax.mask_cache import MaskCacheConfig
+from liveedit_jax.streaming import StreamConfig, init_stream, stream_step
+
+
+def run_variant(config: DiTConfig, params, options: StreamConfig, latent_hw, chunks: int, warmup: int) -> dict:
+  h, w = latent_hw
+  key = jax.random.key(0)
+  context = jax.random.normal(key, (1, config.text_len, config.text_dim), jnp.float32)
+  source = jax.random.normal(key, (1, options.chunk_frames, h, w, config.latent_channels), jnp.float32)
+  state = init_stream(config, params, context, latent_height=h, latent_width=w, options=options)
+  start = time.perf_counter()
+  out, state = stream_step(config, params, state, source)  # the first chunk (compiles)
+  jax.block_until_ready(out)
+  first_s = time.perf_counter() - start
+  start = time.perf_counter()
+  out, state = stream_step(config, params, state, source)  # a steady-state chunk (compiles if it differs)
+  jax.block_until_ready(out)
+  second_s = time.perf_counter() - start
+  for _ in range(warmup):
+    out, state = stream_step(config, params, state, source)
+  jax.block_until_ready(out)
+  times = []
+  for _ in range(chunks):
+    start = time.perf_counter()
+    out, state = stream_step(config, params, state, source)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - start) * 1e3)
+  times.sort()
+  ms = times[len(times) // 2]
+  mc = options.mask_cache
+  return {
+      "bench": "stream", "config": config.name, "dtype": config.compute_dtype, "attention": config.attention,
+      "latent": [options.chunk_frames, h, w], "cache_frames": options.cache_frames, "refresh": options.refresh,
+      "cache_on": mc.cache_on, "prune_ratio": mc.prune_ratio, "static_kv": mc.static_kv,
+      "ms_per_chunk": round(ms, 2), "min_ms": round(times[0], 2), "fps": round(4 * options.chunk_frames / ms * 1e3, 1),
+      "first_chunk_s": round(first_s, 2), "second_chunk_s": round(second_s, 2),
+      "process_peak_gib": peak_memory_gib(), "device": jax.devices()[0].device_kind,
+  }
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m liveedit_jax.bench stream")
+  parser.add_argument("--config", default="liveedit-1.3b")
+  parser.add_argument("--dtype", default="bfloat16")
+  parser.add_argument("--attention", default="auto")
+  parser.add_argument("--height", type=int, default=480, help="video height (latent = /8)")
+  parser.add_argument("--width", type=int, default=832)
+  parser.add_argument("--cache-frames", type=int, default=18)
+  parser.add_argument("--refresh", nargs="+", default=["clean"], choices=["clean", "none"])
+  parser.add_argument("--cache-on", nargs="+", default=["none"], choices=["none", "self_attn", "ffn"])
+  parser.add_argument("--prune", nargs="+", type=float, default=[0.7])
+  parser.add_argument("--static-kv", nargs="+", default=["recompute"], choices=["recompute", "reuse"])
+  parser.add_argument("--chunks", type=int, default=10)
+  parser.add_argument("--warmup", type=int, default=2)
+  args = parser.parse_args(argv)
+
+  config = DiTConfig.preset(args.config, compute_dtype=args.dtype, param_dtype=args.dtype, attention=args.attention)
+  params = init_dit_params(config, jax.random.key(0))
+  latent_hw = (args.height // 8, args.width // 8)
+  variants = []
+  for refresh, cache_on in itertools.product(args.refresh, args.cache_on):
+    if cache_on == "none":
+      variants.append((refresh, MaskCacheConfig(cache_on="none")))
+      continue
+    for prune, static_kv in itertools.product(args.prune, args.static_kv):
+      if cache_on == "ffn" and static_kv == "reuse":
+        continue  # K/V reuse only concerns the self-attention placement
+      variants.append((refresh, MaskCacheConfig(prune, cache_on, static_kv)))
+  for refresh, mc in variants:
+    options = StreamConfig(cache_frames=args.cache_frames, refresh=refresh, mask_cache=mc)
+    try:
+      print(json.dumps(run_variant(config, params, options, latent_hw, args.chunks, args.warmup)), flush=True)
+    except Exception as err:  # noqa: BLE001 (one failing variant must not lose the others' figures)
+      print(json.dumps({"bench": "stream", "refresh": refresh, "mask_cache": str(mc), "error": repr(err)[:500]}),
+            flush=True)
+
+
+if __name__ == "__main__":
+  main()
