@@ -31,7 +31,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kernels import adaln, dispatch, mask_tiles
 from kernels.flash_attention import SMALL_BLOCKS, BlockSizes, flash_attention
