@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# GPU tests and benchmarks in one call; results under $OUT (or ./out).
+#
+#   scripts/gpu_check.sh [SECTION ...]     SECTION: env tests stream mask vae kernels train (default: all)
+#
+# Runs from the repository root with the device's own JAX (no install); optional wheels in .whl/ are installed
+# into /tmp/site first (see the device README). Each section has its own time limit so one slow section does not
+# lose the others' results.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+sections=("$@")
+[ ${#sections[@]} -eq 0 ] && sections=(env tests stream mask vae kernels train)
+
+run() {  # run NAME LIMIT_S CMD...: tee output to $OUT/NAME.log, keep going on failure
+  local name=$1 limit=$2; shift 2
+  echo "=== $name: $*"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | grep -vE '^(W|I)[0-9]{4} ' | tail -n 60
+  echo "=== $name exit ${PIPESTATUS[0]}"
+}
+
+for section in "${sections[@]}"; do
+  case $section in
+    env) run env 60 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv;
+         python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())"' ;;
+    tests) run gpu_tests 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_attention.py \
+             tests/test_kernels_attention.py ;;
+    stream) run bench_stream 300 python3 -m liveedit_jax.bench stream --refresh clean none --chunks 10 ;;
+    mask) run bench_mask 570 python3 -m liveedit_jax.bench stream --cache-on self_attn ffn --static-kv recompute reuse \
+            --prune 0 0.5 0.7 0.9 --chunks 8 ;;
+    vae) run bench_vae 420 python3 -m liveedit_jax.bench vae ;;
+    kernels) run bench_kernels 540 python3 -m kernels.bench ;;
+    train) run bench_train 540 python3 -m liveedit_jax.bench train --stage 3 --config liveedit-1.3b ;;
+    *) echo "unknown section $section" ;;
+  esac
+done
