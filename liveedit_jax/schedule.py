@@ -10,8 +10,6 @@ The distilled generator runs 4 steps at the shift-5 warp of [1000, 750, 500, 250
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,28 +60,3 @@ def sample_timesteps(key: jax.Array, shape: tuple[int, ...], shift: float = GENE
 def sampling_sigmas(num_steps: int, shift: float = GENERATOR_SHIFT) -> np.ndarray:
   """Wan's sampler grid: σ = shift(linspace(1, 0, n + 1)), n + 1 values ending at 0 (float64)."""
   return shift_sigma(np.linspace(1.0, 0.0, num_steps + 1), shift)
-
-
-FlowFn = Callable[[jax.Array, jax.Array, bool], jax.Array]
-
-
-def sample_euler_cfg(flow_fn: FlowFn, noise: jax.Array, num_steps: int = 50, guidance: float = 5.0,
-                     shift: float = GENERATOR_SHIFT) -> jax.Array:
-  """Many-step flow-matching Euler sampler with classifier-free guidance (2 NFE per step: 50 steps = 100 NFE).
-
-  flow_fn(x_t, t [B], conditional) → v̂ for the prompt (True) or the negative / empty prompt (False).
-  Guidance is Wan's: v = v_u + g·(v_c − v_u). Returns x0 (the last step lands on σ = 0).
-  """
-  sigmas = jnp.asarray(sampling_sigmas(num_steps, shift), jnp.float32)
-  batch = noise.shape[0]
-
-  def step(x, i):
-    t = jnp.full((batch,), TRAIN_TIMESTEPS * sigmas[i])
-    v = flow_fn(x, t, True)
-    if guidance != 1.0:
-      v_u = flow_fn(x, t, False)
-      v = v_u + guidance * (v - v_u)
-    return x + (sigmas[i + 1] - sigmas[i]) * v, None
-
-  x, _ = jax.lax.scan(step, noise, jnp.arange(num_steps))
-  return x
