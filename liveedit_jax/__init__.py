@@ -6,3 +6,5 @@ from liveedit_jax.prompt_cache import PromptCache
 from liveedit_jax.tokenizer import Tokenizer
 from liveedit_jax.umt5 import (UMT5_PRESETS, TextEncoder, UMT5Config, encode_prompts, load_text_encoder,
                                text_encoder_identity)
+from liveedit_jax.vae import (VAE_PRESETS, VAEConfig, VAEStreamState, init_vae_params, init_vae_stream, load_vae,
+                              vae_decode, vae_decode_step, vae_encode, vae_encode_step)
