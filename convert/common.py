@@ -203,6 +203,30 @@ def linear_rules(source: str, target: tuple[str, ...], in_dim: int, out_dim: int
   return rules
 
 
+def _channels_last_kernel(a: np.ndarray) -> np.ndarray:
+  return np.transpose(a, (*range(2, a.ndim), 1, 0))
+
+
+def conv_rules(source: str, target: tuple[str, ...], in_dim: int, out_dim: int, kernel_size: tuple[int, ...],
+               layer: int | None = None, bias: bool = True) -> list[Rule]:
+  """torch ConvNd `[out, in, *kernel_size]` (+ bias) → channels-last conv {kernel [*kernel_size, in, out], bias}."""
+  rules = [Rule(f"{source}.weight", (out_dim, in_dim, *kernel_size), (*target, "kernel"), layer,
+                _channels_last_kernel)]
+  if bias:
+    rules.append(Rule(f"{source}.bias", (out_dim,), (*target, "bias"), layer))
+  return rules
+
+
+def pointwise_conv_rules(source: str, target: tuple[str, ...], in_dim: int, out_dim: int, ndim: int,
+                         layer: int | None = None, bias: bool = True) -> list[Rule]:
+  """torch ConvNd with a 1×…×1 kernel `[out, in, 1, …]` (ndim ones) (+ bias) → Dense {kernel [in, out], bias}."""
+  rules = [Rule(f"{source}.weight", (out_dim, in_dim, *(1,) * ndim), (*target, "kernel"), layer,
+                lambda a: a.reshape(out_dim, in_dim).T)]
+  if bias:
+    rules.append(Rule(f"{source}.bias", (out_dim,), (*target, "bias"), layer))
+  return rules
+
+
 def _flat_abstract(abstract: Any) -> dict[tuple[str, ...], Any]:
   return {tuple(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
 
