@@ -158,6 +158,12 @@ VAE_PRESETS: dict[str, VAEConfig] = {
 }
 
 
+def _conv_params(module: nn.Module, kernel_shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+  """A conv's {kernel [*window, C_in, C_out], bias [C_out]} parameters, created in `module`."""
+  kernel = module.param("kernel", _torch_default_init, kernel_shape, module.param_dtype)
+  return kernel, module.param("bias", nn.initializers.zeros_init(), kernel_shape[-1:], module.param_dtype)
+
+
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, strides, padding, dtype) -> jax.Array:
   """Channels-last convolution in `dtype`: x [N, *spatial, C_in], kernel [*window, C_in, C_out] → `dtype`.
 
@@ -185,9 +191,7 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, padding: tuple[tuple[int, int], ...]) -> jax.Array:
-    kernel = self.param("kernel", _torch_default_init, (*self.kernel_size, x.shape[-1], self.features),
-                        self.param_dtype)
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
+    kernel, bias = _conv_params(self, (*self.kernel_size, x.shape[-1], self.features))
     return _conv(x, kernel, bias, self.strides, padding, self.dtype)
 
 
@@ -211,8 +215,7 @@ class CausalConv3d(nn.Module):
     if cache is None:
       cache = jnp.zeros((b, kt - 1, h, w, c), self.dtype)
     x = jnp.concatenate([cache.astype(self.dtype), x], axis=1)
-    kernel = self.param("kernel", _torch_default_init, (kt, kh, kw, c, self.features), self.param_dtype)
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
+    kernel, bias = _conv_params(self, (kt, kh, kw, c, self.features))
     y = _conv(x, kernel, bias, (1, 1, 1), ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)), self.dtype)
     return y, x[:, x.shape[1] - (kt - 1):]
 
@@ -489,13 +492,18 @@ def _decode_chunk(config: VAEConfig, params: Params, cache: Cache | None, latent
   return cache, jnp.clip(x.astype(jnp.float32), -1.0, 1.0)
 
 
+def _check_size(config: VAEConfig, height: int, width: int, what: str) -> None:
+  s = config.spatial_factor
+  if height % s or width % s:
+    raise ValueError(f"{what} height and width must be multiples of {s}, got {height}×{width}")
+
+
 def _check_frames(config: VAEConfig, frames: jax.Array, first: bool, what: str = "frames") -> None:
   if frames.ndim != 5 or frames.shape[-1] != 3:
     raise ValueError(f"{what} must be [B, T, H, W, 3], got shape {frames.shape}")
   _, t, h, w, _ = frames.shape
-  s, k = config.spatial_factor, config.temporal_factor
-  if h % s or w % s:
-    raise ValueError(f"{what} height and width must be multiples of {s}, got {h}×{w}")
+  _check_size(config, h, w, what)
+  k = config.temporal_factor
   if first and t % k != 1:
     raise ValueError(f"a first chunk has 1 + {k}·n frames (the first frame is encoded alone), got {t}")
   if not first and (t == 0 or t % k):
@@ -510,9 +518,8 @@ def _check_latents(config: VAEConfig, latents: jax.Array) -> None:
 def init_vae_stream(config: VAEConfig, batch: int, height: int, width: int) -> VAEStreamState:
   """Zero buffers for a stream of `batch` videos of height × width pixels (multiples of 8)."""
   cfg = config
+  _check_size(cfg, height, width, "the stream's")
   s = cfg.spatial_factor
-  if height % s or width % s:
-    raise ValueError(f"height and width must be multiples of {s}, got {height}×{width}")
   params = jax.eval_shape(functools.partial(init_vae_params, cfg), jax.random.key(0))
   frames = jax.ShapeDtypeStruct((batch, 1, height, width, 3), jnp.float32)
   latents = jax.ShapeDtypeStruct((batch, 1, height // s, width // s, cfg.z_dim), jnp.float32)
