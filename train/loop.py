@@ -1,0 +1,202 @@
+"""The training loop of all three stages: mesh, state, data, compile, steps, logging, checkpoints.
+
+    history = train(TrainConfig.preset("tiny", stage=1, data_dir="data/tiny"))
+
+Where the state comes from, first that applies:
+  1. the latest checkpoint in <workdir>/checkpoints (a resumed run: params, optimizer states, EMA, step, PRNG key
+     and the data position);
+  2. the converted weights named by `init` (and, stage 3, `score_init` for the fake score);
+  3. a random init from `seed`.
+The frozen trees (stage 3's real score) are loaded on every run, from `score_init` or the random init.
+
+A step whose loss or gradient is not finite is skipped inside the jitted step (the weights do not move) and logged;
+`max_nonfinite` such steps in a row stop the run with `NonFiniteError`, after the last finite checkpoint, which is
+left as it was. The run ends with a checkpoint and exports the trained weights and their EMA (`checkpoint.export`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+from liveedit_jax.config import DiTConfig
+from liveedit_jax.dit import Params, init_dit_params
+from liveedit_jax.param_io import load_params, read_config
+from train import checkpoint, sharding, step as train_step
+from train.configs import TrainConfig
+from train.data import Batches
+from train.flops import peak_flops_per_device, step_flops
+
+log = logging.getLogger("train")
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+def maybe_initialize_distributed() -> bool:
+  """Calls `jax.distributed.initialize()` when the environment describes a multi-process job.
+
+  JAX_COORDINATOR_ADDRESS (with JAX_NUM_PROCESSES and JAX_PROCESS_ID), or SLURM / Open MPI variables naming more
+  than one task; JAX reads the rest from the environment. Returns whether it initialised.
+  """
+  env = os.environ
+  if "JAX_COORDINATOR_ADDRESS" in env:
+    jax.distributed.initialize(num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"]))
+    return True
+  if int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    jax.distributed.initialize()
+    return True
+  return False
+
+
+def load_dit_params(path: str, config: TrainConfig, mesh: jax.sharding.Mesh) -> Params:
+  """A converted DiT directory's params, restored straight into their shardings, after checking its config."""
+  stored = DiTConfig.from_dict(read_config(path, "dit"))
+  want = config.dit()
+  runtime = dict(name=want.name, compute_dtype=want.compute_dtype, param_dtype=want.param_dtype, remat=want.remat,
+                 attention=want.attention)
+  if stored.replace(**runtime) != want:
+    raise ValueError(f"{path} holds a DiT {stored}, but config {config.name!r} trains {want}")
+  shapes = jax.eval_shape(lambda: init_dit_params(want, jax.random.key(0)))
+  shardings = sharding.tree_shardings(shapes, mesh)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
+  return load_params(path, abstract)
+
+
+def _initial(config: TrainConfig, mesh: jax.sharding.Mesh,
+             fresh: bool) -> tuple[train_step.TrainState | None, dict[str, Params]]:
+  """(step-0 state or None when `fresh` is False, frozen trees), following the module docstring's order."""
+  if config.init or config.score_init:
+    missing = [f for f in (("init",) if config.stage != 3 else ("init", "score_init")) if not getattr(config, f)]
+    if missing:
+      raise ValueError(f"stage {config.stage} loads converted weights for {missing} too; set them or neither")
+    frozen = {}
+    if config.stage == 3:
+      frozen = {"real_score": load_dit_params(config.score_init, config, mesh)}
+    if not fresh:
+      return None, frozen
+    if config.stage == 3:
+      trained = {"generator": load_dit_params(config.init, config, mesh),
+                 "fake_score": load_dit_params(config.score_init, config, mesh)}
+    else:
+      trained = {"model": load_dit_params(config.init, config, mesh)}
+    return train_step.init_from(config, mesh, trained), frozen
+  state, frozen = train_step.random_init(config, mesh)
+  return (state if fresh else None), frozen
+
+
+def _host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def train(config: TrainConfig, *, stop_at: int | None = None) -> list[dict[str, float]]:
+  """Runs (or resumes) `config` up to `config.steps`; returns the metrics of every logged step.
+
+  stop_at: end after this step as if the job were killed there: no final checkpoint, no export (tests).
+  """
+  workdir = Path(config.workdir)
+  mesh = sharding.make_mesh(config.mesh_data, config.mesh_fsdp)
+  primary = jax.process_index() == 0
+  data = Batches(config, mesh)
+  checkpoints = checkpoint.Checkpoints(workdir / "checkpoints", config.checkpoint_every, config.keep_checkpoints)
+  abstract = train_step.abstract_state(config, mesh)
+  start = checkpoints.latest_step()
+  state, frozen = _initial(config, mesh, fresh=start is None)
+  if start is not None:
+    state = checkpoints.restore(start, abstract, data.restore_args())
+    log.info("resumed from %s at step %d", workdir / "checkpoints", start)
+  log.info("%.1f%% of the trained parameter bytes are sharded over fsdp=%d",
+           100 * sharding.sharded_fraction(state.params, jax.tree.map(lambda a: a.sharding, state.params)),
+           mesh.shape["fsdp"])
+
+  compile_start = time.perf_counter()
+  step_fn = train_step.compile_step(config, mesh, abstract, data.abstract(), frozen)
+  log.info("compiled the stage-%d step in %.1f s; memory: %s", config.stage, time.perf_counter() - compile_start,
+           step_fn.memory_analysis())
+
+  flops = step_flops(config)["step"]
+  peak = peak_flops_per_device(config)
+  _, ph, pw = config.dit().patch_size
+  tokens_per_step = config.batch_size * config.frames * (config.height // ph) * (config.width // pw)
+  writer = SummaryWriter(str(workdir / "tensorboard")) if primary else None
+  first = int(state.step)
+  end = config.steps if stop_at is None else min(stop_at, config.steps)
+  history: list[dict[str, float]] = []
+  bar = tqdm(total=config.steps, initial=first, disable=not primary, desc=f"stage {config.stage}")
+  last_log_time, last_log_step = time.perf_counter(), first
+  previous = None  # (step, metrics) of the step before: checked after the next one is dispatched
+  generator_metrics: dict[str, jax.Array] = {}
+
+  def check(step: int, metrics: dict[str, jax.Array]) -> None:
+    streak = int(metrics["nonfinite"])
+    if streak:
+      log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, streak)
+      if writer:
+        writer.add_scalar("train/skipped", 1.0, step)
+    if streak >= config.max_nonfinite:
+      raise NonFiniteError(f"steps {step - streak + 1}–{step} had non-finite losses or gradients; the last "
+                           f"checkpoint ({checkpoints.latest_step()}) holds the last good state")
+
+  try:
+    for i in range(first, end):
+      state, metrics = step_fn(state, next(data), frozen)
+      step = i + 1
+      if config.stage == 3 and i % config.gen_every == 0:
+        generator_metrics = {k: metrics[k] for k in train_step.GENERATOR_METRICS}
+      if previous is not None:
+        check(*previous)
+      previous = (step, metrics)
+      bar.update(1)
+      if step % config.log_every == 0 or step == end:
+        check(*previous)
+        previous = None
+        host = _host_metrics({**metrics, **generator_metrics})
+        now = time.perf_counter()
+        steps_per_s = (step - last_log_step) / (now - last_log_time)
+        last_log_time, last_log_step = now, step
+        host.update(steps_per_s=steps_per_s, tokens_per_s=steps_per_s * tokens_per_step, lr=config.lr)
+        if peak:
+          host["mfu"] = flops * steps_per_s / (peak * jax.device_count())
+        history.append({"step": step, **host})
+        bar.set_postfix({k: f"{host[k]:.4g}" for k in ("loss", "critic_loss", "gen_loss") if k in host})
+        if writer:
+          for k, v in host.items():
+            writer.add_scalar(f"train/{k}", v, step)
+      if step % config.checkpoint_every == 0 or step == config.steps:
+        if int(metrics["nonfinite"]) == 0:
+          checkpoints.save(step, state, data.save_args(), force=step == config.steps)
+    if previous is not None:
+      check(*previous)
+  finally:
+    bar.close()
+    checkpoints.close()
+    if writer:
+      writer.close()
+  if end == config.steps and first < end:
+    trained = train_step.EMA_OF[config.stage]
+    checkpoint.export(workdir / "export", config.dit(), state.params[trained])
+    checkpoint.export(workdir / "export_ema", config.dit(), state.ema)
+  return history
+
+
+def log_to_stderr() -> None:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+  for noisy in ("absl", "jax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def summary(history: list[dict[str, Any]]) -> str:
+  """The last logged step's losses, one line."""
+  if not history:
+    return "no steps run"
+  last = history[-1]
+  return " ".join(f"{k}={last[k]:.4g}" for k in sorted(last) if k == "step" or "loss" in k)
+

@@ -1,0 +1,142 @@
+"""Builds training shards (`train/shards.py`) from one of three inputs.
+
+    # random latents and prompt embeddings at a config's sizes (smoke tests)
+    python -m train.prepare_data --config tiny --synthetic 64 --out data/tiny
+    # precomputed latents: <id>.source.npy, <id>.target.npy [F, H, W, 16] and <id>.context.npy [L, D] per pair
+    python -m train.prepare_data --latents latents/ --out data/liveedit-latents
+    # paired videos and prompts, encoded with the Wan VAE and umT5 (converted with convert.wan_vae / convert.umt5)
+    python -m train.prepare_data --videos pairs.jsonl --vae checkpoints/wan2.1-vae \
+        --text-encoder checkpoints/umt5-xxl --frames 81 --out data/liveedit-latents
+
+A line of pairs.jsonl is {"source": "a.mp4", "target": "a_edit.mp4", "prompt": "..."} (paths relative to the
+file). Videos are read at their own size, which must be a multiple of 8, and cut to their first `--frames` frames
+(1 + 4k: 81 frames give 21 latents).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from train.configs import TRAIN_PRESETS, TrainConfig
+from train.shards import ShardWriter
+
+Example = tuple[np.ndarray, np.ndarray, np.ndarray]  # source, target [F, H, W, 16]; context [L, D]
+
+
+def synthetic_examples(config: TrainConfig, count: int, seed: int = 0) -> Iterator[Example]:
+  """Standard-normal latents of the config's size; contexts with a random number of non-zero prompt rows."""
+  dit = config.dit()
+  rng = np.random.default_rng(seed)
+  shape = (config.frames, config.height, config.width, dit.latent_channels)
+  for _ in range(count):
+    context = np.zeros((dit.text_len, dit.text_dim), np.float32)
+    rows = rng.integers(1, dit.text_len + 1)
+    context[:rows] = rng.standard_normal((rows, dit.text_dim), np.float32)
+    yield rng.standard_normal(shape, np.float32), rng.standard_normal(shape, np.float32), context
+
+
+def latent_examples(directory: Path) -> Iterator[Example]:
+  """Triples <id>.source.npy, <id>.target.npy, <id>.context.npy, in sorted id order."""
+  ids = sorted(p.name[:-len(".source.npy")] for p in directory.glob("*.source.npy"))
+  if not ids:
+    raise FileNotFoundError(f"{directory} has no <id>.source.npy files")
+  for i in ids:
+    missing = [f"{i}.{k}.npy" for k in ("target", "context") if not (directory / f"{i}.{k}.npy").is_file()]
+    if missing:
+      raise FileNotFoundError(f"{directory}: {', '.join(missing)} missing for pair {i!r}")
+    yield tuple(np.load(directory / f"{i}.{k}.npy") for k in ("source", "target", "context"))
+
+
+def read_video(path: Path, frames: int) -> np.ndarray:
+  """The first `frames` frames of a video file as [T, H, W, 3] float32 in [−1, 1]."""
+  import imageio_ffmpeg  # only this path reads videos
+
+  reader = imageio_ffmpeg.read_frames(str(path))
+  meta = next(reader)
+  width, height = meta["size"]
+  out = []
+  for raw in reader:
+    out.append(np.frombuffer(raw, np.uint8).reshape(height, width, 3))
+    if len(out) == frames:
+      break
+  reader.close()
+  if len(out) < frames:
+    raise ValueError(f"{path} has {len(out)} frames, fewer than --frames {frames}")
+  return np.stack(out).astype(np.float32) / 127.5 - 1.0
+
+
+def video_examples(manifest: Path, vae_dir: str, text_encoder_dir: str, frames: int) -> Iterator[Example]:
+  """Encodes the manifest's video pairs with the VAE (posterior mean) and their prompts with umT5."""
+  import jax  # the encoders run here only, on the default device
+
+  from liveedit_jax.umt5 import encode_prompts, load_text_encoder
+  from liveedit_jax.vae import load_vae, vae_encode
+
+  if (frames - 1) % 4:
+    raise ValueError(f"--frames must be 1 + 4k (Wan's VAE), got {frames}")
+  vae_config, vae_params = load_vae(vae_dir)
+  encode = jax.jit(vae_encode, static_argnums=0)
+  text_encoder = load_text_encoder(text_encoder_dir)
+  for line in manifest.read_text().splitlines():
+    if not line.strip():
+      continue
+    pair = json.loads(line)
+    latents = [np.asarray(encode(vae_config, vae_params, read_video(manifest.parent / pair[k], frames)[None]))[0]
+               for k in ("source", "target")]
+    context = np.asarray(encode_prompts(text_encoder, [pair["prompt"]]), np.float32)[0]
+    yield latents[0], latents[1], context
+
+
+def write(out: str, examples: Iterator[Example], shard_size: int, dtype: str) -> Path:
+  """Writes the examples as shards (shapes from the first example)."""
+  first = next(examples, None)
+  if first is None:
+    raise ValueError("no examples to write")
+  writer = ShardWriter(out, first[0].shape, first[2].shape, shard_size=shard_size, dtype=dtype)
+  try:
+    writer.add(*first)
+    for example in examples:
+      writer.add(*example)
+  except BaseException:
+    writer.abort()
+    raise
+  return writer.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m train.prepare_data", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--synthetic", type=int, metavar="N", help="N random examples at --config's sizes")
+  source.add_argument("--latents", type=Path, metavar="DIR", help="a directory of .npy triples")
+  source.add_argument("--videos", type=Path, metavar="JSONL", help="a manifest of video pairs and prompts")
+  parser.add_argument("--out", required=True, help="the shard directory to create")
+  parser.add_argument("--config", default="tiny", choices=sorted(TRAIN_PRESETS), help="sizes for --synthetic")
+  parser.add_argument("--seed", type=int, default=0, help="for --synthetic")
+  parser.add_argument("--vae", help="converted VAE directory (--videos)")
+  parser.add_argument("--text-encoder", help="converted umT5 directory (--videos)")
+  parser.add_argument("--frames", type=int, default=81, help="video frames per clip (--videos)")
+  parser.add_argument("--shard-size", type=int, default=256)
+  parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="storage dtype")
+  args = parser.parse_args(argv)
+
+  if args.synthetic is not None:
+    examples = synthetic_examples(TrainConfig.preset(args.config, stage=1), args.synthetic, args.seed)
+  elif args.latents is not None:
+    examples = latent_examples(args.latents)
+  else:
+    if not (args.vae and args.text_encoder):
+      parser.error("--videos needs --vae and --text-encoder")
+    examples = video_examples(args.videos, args.vae, args.text_encoder, args.frames)
+  path = write(args.out, examples, args.shard_size, args.dtype)
+  print(json.dumps({"out": str(path), **{k: v for k, v in json.loads((path / "index.json").read_text()).items()
+                                         if k != "shards"}}))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,151 @@
+"""The self-forcing rollout of the chunk-causal generator (../shared/reference/wan_selfforcing_spec.md §5.5).
+
+Each chunk of `chunk_frames` latent frames starts from noise and runs the generator's denoising steps against the
+KV cache of the chunks before it, re-noising with fresh ε between steps. The rollout stops at an exit step k*,
+drawn once and shared by every chunk; the chunk's output is that step's x̂0. The cache is then refreshed with the
+chunk's K/V from a forward on x̂0 at t = 0, as streaming inference does (`liveedit_jax.streaming`).
+
+Gradients reach chunk c only through its exit-step forward: the earlier steps and the cached K/V are constants,
+while the exit forward's own K/V, its text K/V and its weights are differentiated (spec §8.9: the text K/V must
+keep their gradient). The rollout runs in two phases:
+  1. `rollout`: every forward without gradient, a `lax.scan` over chunks, each forward against a `KVCache` as in
+     `streaming.stream_forward`. It returns the samples, each chunk's exit-step input and the final cache.
+  2. `exit_forward`: the exit-step forwards of all chunks at once, with gradient. Chunk c's queries attend to its
+     own keys and to rows [0, c·chunk) of the final cache, which hold exactly the K/V that chunk c saw in phase 1.
+Phase 2 repeats the exit forwards (one forward over the clip) so that the backward pass keeps one cache alive, not
+one per chunk as differentiating through the scan would.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from liveedit_jax.attention import attention
+from liveedit_jax.config import DiTConfig
+from liveedit_jax.dit import Params, embed_latents, frame_rope, output_head, run_blocks
+from liveedit_jax.kv_cache import KVCache
+from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, x0_from_flow
+
+
+class Rollout(NamedTuple):
+  samples: jax.Array  # [B, F, H, W, C] the exit-step x̂0 of every chunk, float32
+  exit_inputs: jax.Array  # [B, F, H, W, C] what each chunk's exit step was fed (the noisy half of its input)
+  kv: KVCache  # the final cache: chunk c's refreshed K/V in rows [c·chunk, (c+1)·chunk) frames, [L, B, S, N, E]
+
+
+def _chunks(x: jax.Array, chunk_frames: int, frame_axis: int) -> jax.Array:
+  """Splits the frame axis into chunks and moves the chunk index first: [..., F, ...] → [n, ..., c, ...]."""
+  shape = x.shape
+  n = shape[frame_axis] // chunk_frames
+  x = x.reshape(*shape[:frame_axis], n, chunk_frames, *shape[frame_axis + 1:])
+  return jnp.moveaxis(x, frame_axis, 0)
+
+
+def _unchunk(x: jax.Array) -> jax.Array:
+  """[n, B, c, ...] → [B, n·c, ...]."""
+  x = jnp.moveaxis(x, 0, 1)
+  return x.reshape(x.shape[0], -1, *x.shape[3:])
+
+
+def _chunk_forward(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Array], kv: KVCache,
+                   first_frame: jax.Array, x: jax.Array, t: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  """One chunk x [B, c, H, W, C_in] at t [B] against the cache's valid rows, as `streaming.stream_forward` does.
+
+  Returns (flow [B, c, H, W, latent_channels] float32, the chunk's (k, v), each [L, B, c·P, N, E]).
+  """
+  b, c, hh, ww, _ = x.shape
+  _, ph, pw = config.patch_size
+  h, w = hh // ph, ww // pw
+  impl = config.attention
+  tokens, e, e0 = embed_latents(config, params, x, jnp.broadcast_to(t[:, None], (b, c)))
+  cos, sin = frame_rope(config, first_frame + jnp.arange(c, dtype=jnp.int32), h, w)
+  kv_length = jnp.full((b,), c * h * w, jnp.int32) + kv.length
+
+  def attend(q, k, v, layer_cache):
+    cached_k, cached_v = layer_cache
+    o = attention(q, jnp.concatenate([k, cached_k], 1), jnp.concatenate([v, cached_v], 1), kv_length=kv_length,
+                  impl=impl)
+    return o, (k, v)
+
+  tokens, chunk_kv = run_blocks(config, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl, (kv.k, kv.v))
+  return output_head(config, params, tokens, e, h, w), chunk_kv
+
+
+def rollout(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Array], source: jax.Array,
+            noise: jax.Array, exit_step: jax.Array, timesteps: tuple[float, ...], chunk_frames: int) -> Rollout:
+  """Phase 1: the whole rollout without gradient.
+
+  Args:
+    params, text_kv: the generator's weights and its text K/V (each [L, B, text_len, N, E]), treated as constants.
+    source: [B, F, H, W, C] source latents, concatenated on the channel axis at every forward.
+    noise: [steps, B, F, H, W, C] standard normal: step 0's is the initial latent, step k's re-noises to t_k.
+    exit_step: int32 [], k* in [0, steps).
+    timesteps: the denoising steps' t (static), e.g. `warped_timesteps()`.
+  """
+  params, text_kv = jax.lax.stop_gradient((params, text_kv))
+  b, f, hh, ww, _ = source.shape
+  _, ph, pw = config.patch_size
+  frame_tokens = (hh // ph) * (ww // pw)
+  kv = KVCache.empty(config.num_layers, b, f, frame_tokens, config.num_heads, config.head_dim, config.dtype)
+  no_kv = jnp.zeros((config.num_layers, b, chunk_frames * frame_tokens, config.num_heads, config.head_dim),
+                    config.dtype)
+  steps, ts = len(timesteps), jnp.asarray(timesteps, jnp.float32)
+
+  def chunk_step(kv, chunk):
+    index, src, eps = chunk  # int32 [], [B, c, H, W, C], [steps, B, c, H, W, C]
+
+    # Forwards k = 0 … k* denoise at t_k (k* is the exit step); forward k* + 1 refreshes the cache from the
+    # clean output at t = 0. One loop body keeps a single forward in the compiled program.
+    def forward(k, carry):
+      x, x0, x_exit, _ = carry
+      refresh = k > exit_step
+      t = jnp.where(refresh, 0.0, ts[jnp.minimum(k, steps - 1)])
+      x_in = jnp.where(refresh, x0, x)
+      flow, chunk_kv = _chunk_forward(config, params, text_kv, kv, index * chunk_frames,
+                                      jnp.concatenate([x_in, src], -1), jnp.full((b,), t))
+      pred = x0_from_flow(x_in, flow, t / TRAIN_TIMESTEPS)
+      nxt = jnp.minimum(k + 1, steps - 1)
+      renoised = add_noise(pred, eps[nxt], ts[nxt] / TRAIN_TIMESTEPS)
+      return (jnp.where(k < exit_step, renoised, x), jnp.where(refresh, x0, pred),
+              jnp.where(k == exit_step, x, x_exit), chunk_kv)
+
+    zeros = jnp.zeros_like(eps[0])
+    _, x0, x_exit, chunk_kv = jax.lax.fori_loop(0, exit_step + 2, forward, (eps[0], zeros, zeros, (no_kv, no_kv)))
+    return kv.write(*chunk_kv), (x0, x_exit)
+
+  n = f // chunk_frames
+  kv, (samples, inputs) = jax.lax.scan(
+      chunk_step, kv, (jnp.arange(n, dtype=jnp.int32), _chunks(source, chunk_frames, 1),
+                       _chunks(noise, chunk_frames, 2)))
+  return Rollout(_unchunk(samples), _unchunk(inputs), kv)
+
+
+def exit_forward(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Array], kv: KVCache,
+                 exit_inputs: jax.Array, source: jax.Array, t: jax.Array, chunk_frames: int) -> jax.Array:
+  """Phase 2: every chunk's exit-step x̂0 [B, F, H, W, C] float32, differentiable in params and text_kv.
+
+  kv: phase 1's final cache (a constant); exit_inputs: [B, F, H, W, C]; t: [B] the exit step's timestep.
+  """
+  b, f, hh, ww, _ = exit_inputs.shape
+  _, ph, pw = config.patch_size
+  h, w = hh // ph, ww // pw
+  impl = config.attention
+  step = chunk_frames * h * w  # tokens per chunk
+  cache = jax.lax.stop_gradient((kv.k, kv.v))
+  x = jnp.concatenate([exit_inputs, source], -1)
+  tokens, e, e0 = embed_latents(config, params, x, jnp.broadcast_to(t[:, None], (b, f)))
+  cos, sin = frame_rope(config, jnp.arange(f, dtype=jnp.int32), h, w)
+
+  def attend(q, k, v, layer_cache):
+    cached_k, cached_v = layer_cache
+    # Chunk c: its own keys first, then the cache rows of chunks < c (stream_forward's order).
+    outs = [attention(q[:, s:s + step], jnp.concatenate([k[:, s:s + step], cached_k[:, :s]], 1),
+                      jnp.concatenate([v[:, s:s + step], cached_v[:, :s]], 1), impl=impl)
+            for s in range(0, q.shape[1], step)]
+    return jnp.concatenate(outs, 1), None
+
+  tokens, _ = run_blocks(config, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl, cache)
+  return x0_from_flow(exit_inputs, output_head(config, params, tokens, e, h, w), t / TRAIN_TIMESTEPS)

@@ -1,0 +1,18 @@
+"""Stage 3 training: DMD distillation of the 4-step chunk-causal generator.
+
+    python -m train.stage3 --config NAME [--field value ...]   (presets: train/configs.py; options: train/cli.py)
+"""
+
+from __future__ import annotations
+
+import sys
+
+from train import cli
+
+
+def main(argv: list[str] | None = None) -> None:
+  cli.main(3, argv)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
