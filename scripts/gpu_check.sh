@@ -34,8 +34,8 @@ for section in "${sections[@]}"; do
     stream) run bench_stream 300 python3 -m liveedit_jax.bench stream --refresh clean none --chunks 10 ;;
     mask) run bench_mask 570 python3 -m liveedit_jax.bench stream --cache-on self_attn ffn --static-kv recompute reuse \
             --prune 0 0.5 0.7 0.9 --chunks 8 ;;
-    vae) run bench_vae 420 python3 -m liveedit_jax.bench vae ;;
-    kernels) run bench_kernels 540 python3 -m kernels.bench ;;
+    vae) run bench_vae 240 python3 -m liveedit_jax.bench vae ;;
+    kernels) run bench_kernels 330 python3 -m kernels.bench --write-table "$OUT/measured_kernels.json" ;;
     train) run bench_train 540 python3 -m liveedit_jax.bench train --stage 3 --config liveedit-1.3b ;;
     *) echo "unknown section $section" ;;
   esac
