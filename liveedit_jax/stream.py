@@ -1,0 +1,269 @@
+"""Streaming video editing from the command line: read frames, edit them chunk by chunk, write them as they come.
+
+    python -m liveedit_jax.stream --input in.mp4 --output out.mp4 --prompt "make it snowy" \\
+        --dit checkpoints/liveedit-1.3b --vae checkpoints/wan2.1-vae \\
+        --text-encoder checkpoints/umt5-xxl --prompt-cache cache/prompts
+    python -m liveedit_jax.stream --input webcam:/dev/video0 --output - --context snowy.npy ... | ffplay \\
+        -f rawvideo -pixel_format rgb24 -video_size 832x480 -framerate 16 -
+
+Per chunk of 3 latent frames (9 video frames for the first chunk, 12 for each later one; Wan's VAE encodes the
+first frame alone): VAE encode → `stream_step` (the distilled DiT's denoising steps against the KV cache) → VAE
+decode → write and flush. Every step is compiled once for the first chunk and once for the rest, with its
+state donated, so a stream of any length runs at constant memory. A partial last chunk is padded by repeating its
+last frame and only its real frames are written. The prompt is embedded once before streaming (through the
+prompt cache when given, so the 11 GB text encoder is loaded only on a miss and freed before the DiT loads), or a
+precomputed [1, L, text_dim] embedding is read (`--context`).
+
+Inputs and outputs are described in `video_io.py`: a video file, `webcam:/dev/videoN`, raw rgb24 on stdin (`-`)
+or in a .rgb file (both with `--input-size WxH`); a video file, raw rgb24 to stdout (`-`) or to a .rgb file.
+One line per chunk goes to stderr: frames, ms of encode / DiT / decode (each waited for, so they add up to the
+chunk's compute), frames per second over the whole chunk (reading and writing included; chunk 0 includes
+compilation) and, with the mask cache on, the fraction of tokens the chunk recomputed and the IoU of its mask with
+the previous chunk's. Frames within a chunk attend to each other, so the output of a run stopped at a chunk
+boundary (Ctrl-C, SIGTERM, `--max-frames`) is a prefix of the full run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from liveedit_jax import param_io
+from liveedit_jax.config import DiTConfig
+from liveedit_jax.dit import load_dit
+from liveedit_jax.mask_cache import MaskCacheConfig
+from liveedit_jax.prompt_cache import PromptCache
+from liveedit_jax.streaming import StreamConfig, StreamState, init_stream, stream_step
+from liveedit_jax.umt5 import encode_prompts, load_text_encoder, text_encoder_identity
+from liveedit_jax.vae import (VAEConfig, VAEStreamState, init_vae_stream, load_vae, vae_decode_step,
+                              vae_encode_step)
+from liveedit_jax.video_io import (FrameReader, RawWriter, VideoIOError, VideoWriter, open_reader, open_writer,
+                                   parse_size, to_float, to_uint8)
+
+# Jitted once per process (the configs are static and hashable), so runs in one process share compilations.
+vae_encode = jax.jit(vae_encode_step, static_argnums=0, static_argnames="first", donate_argnums=2)
+vae_decode = jax.jit(vae_decode_step, static_argnums=0, static_argnames="first", donate_argnums=2)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m liveedit_jax.stream", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  io = parser.add_argument_group("input and output")
+  io.add_argument("--input", required=True, help="video file, webcam:/dev/videoN, - (raw rgb24 on stdin) or *.rgb")
+  io.add_argument("--input-size", help="WxH of raw rgb24 input (- or *.rgb)")
+  io.add_argument("--output", required=True, help="video file (.mp4: H.264), - (raw rgb24 on stdout) or *.rgb")
+  io.add_argument("--height", type=int, default=480, help="frame height the model runs at (multiple of 16)")
+  io.add_argument("--width", type=int, default=832, help="frame width the model runs at (multiple of 16)")
+  io.add_argument("--fps", type=float, default=16.0,
+                  help="frame rate of the output; video files and webcams are resampled to it (Wan's 16)")
+  io.add_argument("--max-frames", type=int, help="stop after this many input frames")
+  models = parser.add_argument_group("models and prompt")
+  models.add_argument("--dit", required=True, help="converted DiT directory (python -m convert.wan_dit)")
+  models.add_argument("--vae", required=True, help="converted VAE directory (python -m convert.wan_vae)")
+  prompt = models.add_mutually_exclusive_group(required=True)
+  prompt.add_argument("--text-encoder", help="converted umT5 directory (python -m convert.umt5); needs --prompt")
+  prompt.add_argument("--context", help="precomputed prompt embedding, .npy of shape [1, L, text_dim]")
+  models.add_argument("--prompt", help="the edit instruction, e.g. 'make it snowy'")
+  models.add_argument("--prompt-cache", help="directory of cached prompt embeddings (with --text-encoder)")
+  models.add_argument("--dtype", choices=("bfloat16", "float32"),
+                      help="compute dtype of the DiT and VAE (default: bfloat16 on GPU, float32 elsewhere)")
+  stream = parser.add_argument_group("streaming")
+  stream.add_argument("--prune", type=float, default=0.7, help="mask cache: fraction of tokens reused")
+  stream.add_argument("--cache-on", choices=("self_attn", "ffn", "none"), default="self_attn",
+                      help="mask cache placement; none recomputes every token")
+  stream.add_argument("--refresh", choices=("clean", "none"), default="clean",
+                      help="KV cache refresh: a forward on the clean output (clean) or the last denoising forward")
+  stream.add_argument("--cache-frames", type=int, default=18, help="past latent frames attended to")
+  stream.add_argument("--sink-frames", type=int, default=0, help="of those, first frames never evicted")
+  stream.add_argument("--seed", type=int, default=0, help="seed of the denoising noise")
+  args = parser.parse_args(argv)
+  if args.text_encoder and not args.prompt:
+    parser.error("--text-encoder needs --prompt")
+  if args.prompt_cache and not args.text_encoder:
+    parser.error("--prompt-cache needs --text-encoder")
+  if args.max_frames is not None and args.max_frames <= 0:
+    parser.error(f"--max-frames must be positive, got {args.max_frames}")
+  if args.fps <= 0:
+    parser.error(f"--fps must be positive, got {args.fps}")
+  return args
+
+
+def check_models(args: argparse.Namespace) -> tuple[DiTConfig, VAEConfig]:
+  """Reads both configs (no weights) and checks that they fit each other and the frame size."""
+  dit = DiTConfig.from_dict(param_io.read_config(args.dit, "dit"))
+  vae = VAEConfig.from_dict(param_io.read_config(args.vae, "vae"))
+  if not dit.is_editing:
+    raise ValueError(f"{args.dit}: config {dit.name!r} has in_channels {dit.in_channels}, expected "
+                     f"{2 * dit.latent_channels} (an editing model: noisy ‖ source latents); convert a LiveEdit "
+                     f"checkpoint, or widen a text-to-video one with `python -m convert.wan_dit --in-channels 32`")
+  if vae.z_dim != dit.latent_channels:
+    raise ValueError(f"{args.vae}: VAE z_dim {vae.z_dim} differs from the DiT's latent_channels "
+                     f"{dit.latent_channels} ({args.dit})")
+  _, ph, pw = dit.patch_size
+  s = vae.spatial_factor
+  if args.height <= 0 or args.width <= 0 or args.height % (s * ph) or args.width % (s * pw):
+    raise ValueError(f"--height {args.height} and --width {args.width} must be positive multiples of "
+                     f"{s * ph} and {s * pw}: the VAE downsamples by {s} and the DiT's patch is {ph}×{pw} latents")
+  return dit, vae
+
+
+def load_context(args: argparse.Namespace, dit: DiTConfig) -> np.ndarray:
+  """The prompt embedding [1, L ≤ text_len, text_dim], from --context or the text encoder (freed on return)."""
+  if args.context:
+    source = args.context
+    if not Path(source).is_file():
+      raise FileNotFoundError(f"{source}: context embedding not found")
+    context = np.load(source)
+    # np.save writes ml_dtypes' bfloat16 (the prompt cache's dtype) as 2-byte void.
+    if context.dtype == np.dtype("V2"):
+      context = context.view(ml_dtypes.bfloat16)
+  elif args.prompt_cache:
+    source = args.text_encoder
+    cache = PromptCache(args.prompt_cache, text_encoder_identity(args.text_encoder))
+    context = cache.get_or_encode(lambda: load_text_encoder(args.text_encoder), [args.prompt])
+  else:
+    source = args.text_encoder
+    context = np.asarray(jax.device_get(encode_prompts(load_text_encoder(args.text_encoder), [args.prompt])))
+  if (context.ndim != 3 or context.shape[0] != 1 or not 1 <= context.shape[1] <= dit.text_len
+      or context.shape[2] != dit.text_dim or not jnp.issubdtype(context.dtype, jnp.floating)):
+    raise ValueError(f"{source}: prompt embedding has shape {list(context.shape)} ({context.dtype}), expected a "
+                     f"float [1, L ≤ {dit.text_len}, {dit.text_dim}] for the DiT in {args.dit}")
+  return context
+
+
+def _raise_on_sigterm(signum, frame):
+  # SystemExit unwinds through the `finally` blocks, which finalise the output file.
+  raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+  """Turns SIGTERM into SystemExit for the duration (signal handlers can only be set from the main thread)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _elapsed_ms(start: float) -> float:
+  return (time.perf_counter() - start) * 1e3
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+  dit_config: DiTConfig
+  dit_params: Any
+  vae_config: VAEConfig
+  vae_params: Any
+
+
+def edit_chunk(models: Models, vae_state: VAEStreamState, state: StreamState, frames: np.ndarray, first: bool):
+  """One chunk through encode → DiT → decode, each waited for so that it can be timed.
+
+  frames: uint8 [T, H, W, 3] (T = 9 for the first chunk, 12 after). Returns (vae_state, state, edited frames
+  float32 [T, H, W, 3] in [−1, 1] on the host, (encode, DiT, decode) milliseconds).
+  """
+  m = models
+  start = time.perf_counter()
+  vae_state, latents = vae_encode(m.vae_config, m.vae_params, vae_state, jax.device_put(to_float(frames)[None]),
+                                  first=first)
+  latents.block_until_ready()
+  encode_ms, start = _elapsed_ms(start), time.perf_counter()
+  edited, state = stream_step(m.dit_config, m.dit_params, state, latents)
+  edited.block_until_ready()
+  dit_ms, start = _elapsed_ms(start), time.perf_counter()
+  vae_state, decoded = vae_decode(m.vae_config, m.vae_params, vae_state, edited, first=first)
+  decoded = jax.device_get(decoded)[0]
+  return vae_state, state, decoded, (encode_ms, dit_ms, _elapsed_ms(start))
+
+
+def run_stream(models: Models, state: StreamState, vae_state: VAEStreamState, reader: FrameReader,
+               writer: RawWriter | VideoWriter, frames: np.ndarray, chunk_sizes: tuple[int, int],
+               limit: float) -> None:
+  """Edits chunks until the input ends (or `limit` input frames), writing each chunk's real frames at once.
+
+  frames: the first chunk, already read. One progress line per chunk and a summary go to stderr.
+  """
+  index, mask = 0, None
+  stream_start = steady_start = time.perf_counter()
+  try:
+    while len(frames):
+      chunk_start = time.perf_counter()
+      real, size = len(frames), chunk_sizes[index > 0]
+      padded = np.concatenate([frames, np.repeat(frames[-1:], size - real, axis=0)])
+      vae_state, state, edited, ms = edit_chunk(models, vae_state, state, padded, first=index == 0)
+      writer.write(to_uint8(edited[:real]))
+      report = (f"chunk {index}: frames {reader.frames_read - real}-{reader.frames_read - 1}  encode {ms[0]:.1f} ms"
+                f"  dit {ms[1]:.1f} ms  decode {ms[2]:.1f} ms  {real / (time.perf_counter() - chunk_start):.1f} fps")
+      if state.tokens is not None:
+        report += "  mask: all tokens" if mask is None else (
+            f"  mask: {mask[0]:.0%} tokens recomputed" + ("" if index == 1 else f", IoU {mask[1]:.2f}"))
+        # The mask the step chose for the next chunk, from this chunk's edit.
+        stats = jax.device_get(state.tokens.stats)
+        mask = (float(stats.active_fraction), float(stats.iou_previous[0]))
+      print(report, file=sys.stderr, flush=True)
+      if index == 0:
+        steady_start = time.perf_counter()  # chunk 0 compiles; the summary's rate starts after it
+      index += 1
+      if real < size:
+        break
+      frames = reader.read(int(min(chunk_sizes[1], limit - reader.frames_read)))
+  finally:
+    later = writer.frames_written - min(writer.frames_written, chunk_sizes[0])
+    rate = f", {later / (time.perf_counter() - steady_start):.1f} fps after chunk 0" if later else ""
+    print(f"wrote {writer.frames_written} frames to {writer.name} in "
+          f"{time.perf_counter() - stream_start:.1f} s{rate}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parse_args(argv)
+  dit_config, vae_config = check_models(args)
+  input_size = parse_size(args.input_size) if args.input_size else None
+  options = StreamConfig(cache_frames=args.cache_frames, sink_frames=args.sink_frames, refresh=args.refresh,
+                         mask_cache=MaskCacheConfig(prune_ratio=args.prune, cache_on=args.cache_on))
+  height, width = args.height, args.width
+  c, k = options.chunk_frames, vae_config.temporal_factor
+  chunk_sizes = (1 + k * (c - 1), k * c)  # video frames of the first chunk and of each later one
+  limit = args.max_frames or float("inf")
+  dtype = args.dtype or ("bfloat16" if jax.default_backend() == "gpu" else "float32")
+
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(_sigterm_unwinds())
+    reader = stack.enter_context(open_reader(args.input, width, height, args.fps, input_size))
+    writer = stack.enter_context(open_writer(args.output, width, height, args.fps))
+    # The first chunk is read before the models load, so an unreadable input fails in seconds.
+    frames = reader.read(int(min(chunk_sizes[0], limit)))
+    if not len(frames):
+      raise VideoIOError(f"{reader.name}: no frames to read")
+    context = load_context(args, dit_config)
+    models = Models(*load_dit(args.dit, compute_dtype=dtype), *load_vae(args.vae, compute_dtype=dtype))
+    s = vae_config.spatial_factor
+    state = init_stream(models.dit_config, models.dit_params, context, latent_height=height // s,
+                        latent_width=width // s, options=options, rng=jax.random.key(args.seed))
+    vae_state = init_vae_stream(models.vae_config, 1, height, width)
+    run_stream(models, state, vae_state, reader, writer, frames, chunk_sizes, limit)
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except KeyboardInterrupt:
+    sys.exit(130)
+  except (FileNotFoundError, ValueError, VideoIOError) as e:
+    sys.exit(f"error: {e}")

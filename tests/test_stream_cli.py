@@ -1,0 +1,279 @@
+"""`python -m liveedit_jax.stream` and `video_io`: the CLI adds no numerical change to the Python pipeline, writes
+every real frame of a partial last chunk, stops at a chunk boundary with a prefix of the full output, finalises
+an mp4 on SIGTERM, and fails with errors that name the file and the problem.
+
+Tiny random DiT and VAE checkpoints (the DiT's zero-initialised head given random weights, so the output depends
+on the whole network) are saved with `param_io.save_params` as the converters save them. The input is 25 frames
+of 32×48: chunks of 9, 12 and 4 (padded to 12) video frames, i.e. latents of 4×6 and 2×3 DiT tokens per frame.
+The CLI's jitted steps are module-level, so the runs here and the reference pipeline share one set of compiles.
+"""
+
+import argparse
+import dataclasses
+import functools
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import imageio_ffmpeg
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+
+from liveedit_jax import param_io, stream, video_io
+from liveedit_jax.config import DiTConfig
+from liveedit_jax.dit import init_dit_params, load_dit
+from liveedit_jax.mask_cache import MaskCacheConfig
+from liveedit_jax.prompt_cache import PromptCache
+from liveedit_jax.streaming import StreamConfig, init_stream, stream_step
+from liveedit_jax.umt5 import UMT5Config, text_encoder_identity
+from liveedit_jax.vae import VAEConfig, init_vae_params, init_vae_stream, load_vae
+
+DIT = DiTConfig.preset("tiny")
+VAE = VAEConfig.preset("tiny", num_res_blocks=1)  # one block per stage: compiles faster, same code paths
+H, W = 32, 48
+FRAMES = 25
+CHUNKS = (slice(0, 9), slice(9, 21), slice(21, 25))  # the last one is padded with frame 24 to 12 frames
+
+
+def random_vae_params(config: VAEConfig, rng: np.random.Generator):
+  """Random weights in the shapes of `init_vae_params`, without running its (slow on CPU) Flax init."""
+  abstract = jax.eval_shape(functools.partial(init_vae_params, config), jax.random.key(0))
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":  # fan-in scaling keeps activations O(1) through the stack
+      return rng.standard_normal(leaf.shape).astype(np.float32) / np.sqrt(np.prod(leaf.shape[:-1]))
+    if name == "scale":
+      return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+    return (0.01 * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  """Checkpoint dirs, a context .npy and a raw input; returns the paths and the input frames."""
+  root = tmp_path_factory.mktemp("stream_cli")
+  rng = np.random.default_rng(0)
+  dit_params = init_dit_params(DIT, jax.random.key(0))
+  dit_params["head"]["proj"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(1),
+                                                                 dit_params["head"]["proj"]["kernel"].shape)
+  param_io.save_params(root / "dit", "dit", dataclasses.asdict(DIT), dit_params)
+  param_io.save_params(root / "vae", "vae", VAE.to_dict(), random_vae_params(VAE, rng))
+  np.save(root / "context.npy", rng.standard_normal((1, 5, DIT.text_dim)).astype(np.float32))
+  # Smooth moving gradients plus noise: content that an H.264 round trip keeps close.
+  t, y, x = np.meshgrid(np.arange(FRAMES), np.arange(H), np.arange(W), indexing="ij")
+  base = np.stack([x * 5 + t * 3, y * 7 + t * 2, (x + y) * 3 + t * 5], -1) % 256
+  frames = np.clip(base + rng.integers(-8, 9, base.shape), 0, 255).astype(np.uint8)
+  frames.tofile(root / "input.rgb")
+  return {"root": root, "frames": frames, "dit": str(root / "dit"), "vae": str(root / "vae"),
+          "context": str(root / "context.npy"), "input": str(root / "input.rgb")}
+
+
+def cli_args(setup, output, *extra, input=None):
+  input = input or setup["input"]
+  return ["--input", input, *(["--input-size", f"{W}x{H}"] if video_io.is_raw(input) else []),
+          "--output", str(output), "--dit", setup["dit"], "--vae", setup["vae"], "--context", setup["context"],
+          "--height", str(H), "--width", str(W), "--seed", "3", *extra]
+
+
+def read_raw(path) -> np.ndarray:
+  return np.fromfile(path, np.uint8).reshape(-1, H, W, 3)
+
+
+@pytest.fixture(scope="module")
+def full_run(setup):
+  """The whole input through the CLI to a raw .rgb file (mask cache on, the default)."""
+  output = setup["root"] / "full.rgb"
+  stream.main(cli_args(setup, output))
+  return read_raw(output)
+
+
+def test_cli_equals_python_pipeline(setup, full_run):
+  """Raw output = the same chunks through vae_encode_step → stream_step → vae_decode_step, exactly (uint8)."""
+  dit_config, dit_params = load_dit(setup["dit"], compute_dtype="float32")
+  vae_config, vae_params = load_vae(setup["vae"], compute_dtype="float32")
+  options = StreamConfig(mask_cache=MaskCacheConfig(prune_ratio=0.7, cache_on="self_attn"))
+  state = init_stream(dit_config, dit_params, np.load(setup["context"]), latent_height=H // 8, latent_width=W // 8,
+                      options=options, rng=jax.random.key(3))
+  vae_state = init_vae_stream(vae_config, 1, H, W)
+  expected = []
+  for i, chunk in enumerate(CHUNKS):
+    frames = setup["frames"][chunk]
+    frames = np.concatenate([frames, np.repeat(frames[-1:], 12 - len(frames), 0)]) if i == 2 else frames
+    video = frames[None].astype(np.float32) / 127.5 - 1
+    vae_state, latents = stream.vae_encode(vae_config, vae_params, vae_state, video, first=i == 0)
+    edited, state = stream_step(dit_config, dit_params, state, latents)
+    vae_state, decoded = stream.vae_decode(vae_config, vae_params, vae_state, edited, first=i == 0)
+    real = chunk.stop - chunk.start
+    expected.append(np.clip(np.rint((np.asarray(decoded[0, :real]) + 1) * 127.5), 0, 255).astype(np.uint8))
+  expected = np.concatenate(expected)
+  assert full_run.shape == (FRAMES, H, W, 3)  # the partial last chunk's 4 real frames, not its padding
+  np.testing.assert_array_equal(full_run, expected)
+  assert full_run.std() > 5  # the edit is an image, not a constant the comparison could not tell apart
+
+
+def test_max_frames_gives_prefix(setup, full_run, capsys):
+  """Stopped after two chunks (21 frames), the output is the full run's first 21 frames; a progress line each."""
+  output = setup["root"] / "prefix.rgb"
+  stream.main(cli_args(setup, output, "--max-frames", "21"))
+  np.testing.assert_array_equal(read_raw(output), full_run[:21])
+  lines = capsys.readouterr().err.splitlines()
+  assert [line.split(":")[0] for line in lines if line.startswith("chunk")] == ["chunk 0", "chunk 1"]
+  assert "mask: all tokens" in lines[0] and "mask: 33% tokens recomputed" in lines[1]
+  assert lines[-1].startswith("wrote 21 frames to")
+
+
+def test_stdin_stdout(setup, full_run, monkeypatch):
+  """`--input -` / `--output -`: raw frames from stdin to stdout, the same as through files."""
+  stdin = io.TextIOWrapper(io.BytesIO(setup["frames"].tobytes()))
+  stdout = io.TextIOWrapper(io.BytesIO())
+  monkeypatch.setattr(sys, "stdin", stdin)
+  monkeypatch.setattr(sys, "stdout", stdout)
+  stream.main(cli_args(setup, "-", input="-"))
+  np.testing.assert_array_equal(np.frombuffer(stdout.buffer.getvalue(), np.uint8).reshape(-1, H, W, 3), full_run)
+
+
+def test_mp4_output(setup, full_run):
+  """An mp4 output holds every frame in order: each decoded frame is nearest to its own raw-output frame (H.264
+  is lossy, and this noisy random-model output loses ~20 dB PSNR, so equality cannot be asked)."""
+  output = setup["root"] / "out.mp4"
+  stream.main(cli_args(setup, output))
+  assert imageio_ffmpeg.count_frames_and_secs(str(output))[0] == FRAMES
+  with video_io.open_reader(str(output), W, H, 16) as reader:
+    frames = reader.read(100)
+  assert frames.shape == (FRAMES, H, W, 3)
+  mse = np.square(frames[:, None].astype(np.float32) - full_run[None]).mean(axis=(2, 3, 4))  # [decoded, raw]
+  np.testing.assert_array_equal(mse.argmin(axis=1), np.arange(FRAMES))
+
+
+def test_mp4_input(setup, tmp_path):
+  """An mp4 input at twice the model's size is decoded, scaled and cropped: every frame comes out, at 32×48."""
+  source = tmp_path / "input_2x.mp4"
+  with video_io.open_writer(str(source), 2 * W, 2 * H, 16) as writer:
+    writer.write(np.repeat(np.repeat(setup["frames"], 2, 1), 2, 2))
+  output = tmp_path / "out.rgb"
+  stream.main(cli_args(setup, output, input=str(source)))
+  assert read_raw(output).shape == (FRAMES, H, W, 3)
+
+
+def test_sigterm_finalises_mp4(setup, full_run, monkeypatch):
+  """SIGTERM after the first chunk: main exits with 143 and the mp4 holds that chunk's 9 frames."""
+  write = video_io.VideoWriter.write
+
+  def write_then_terminate(self, frames):
+    write(self, frames)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(video_io.VideoWriter, "write", write_then_terminate)
+  handler = signal.getsignal(signal.SIGTERM)
+  output = setup["root"] / "terminated.mp4"
+  with pytest.raises(SystemExit) as exit_info:
+    stream.main(cli_args(setup, output))
+  assert exit_info.value.code == 128 + signal.SIGTERM
+  assert signal.getsignal(signal.SIGTERM) == handler  # restored
+  with video_io.open_reader(str(output), W, H, 16) as reader:
+    assert reader.read(100).shape == (9, H, W, 3)
+
+
+def test_killed_writer_leaves_playable_mp4(tmp_path):
+  """A process killed (SIGKILL, no cleanup) while writing: ffmpeg, in its own session, sees its input end and
+  finalises the file with every frame written."""
+  output = tmp_path / "killed.mp4"
+  script = textwrap.dedent(f"""
+      import os, signal, numpy as np
+      from liveedit_jax.video_io import open_writer
+      writer = open_writer({str(output)!r}, {W}, {H}, 16)
+      for i in range(3):
+        writer.write(np.full((7, {H}, {W}, 3), 40 * i, np.uint8))
+      print(writer._process.pid, flush=True)
+      os.kill(os.getpid(), signal.SIGKILL)
+  """)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == -signal.SIGKILL, result.stderr
+  ffmpeg_pid = int(result.stdout)
+  deadline = time.monotonic() + 30
+  while os.path.exists(f"/proc/{ffmpeg_pid}") and time.monotonic() < deadline:
+    time.sleep(0.05)
+  with video_io.open_reader(str(output), W, H, 16) as reader:
+    frames = reader.read(100)
+  assert frames.shape == (21, H, W, 3)
+  np.testing.assert_allclose(frames[::7].mean(axis=(1, 2, 3)), [0, 40, 80], atol=3)
+
+
+def test_raw_reader_is_exact_and_resizes(setup):
+  """Raw input at the model's size is read byte for byte; at another size ffmpeg scales to cover, then crops."""
+  with video_io.open_reader(setup["input"], W, H, 16, (W, H)) as reader:
+    chunks = [reader.read(9), reader.read(12), reader.read(12), reader.read(12)]
+  assert [len(c) for c in chunks] == [9, 12, 4, 0]
+  np.testing.assert_array_equal(np.concatenate(chunks), setup["frames"])
+  # 48×32 → 32×32: the scale already covers it, so the result is the center crop.
+  with video_io.open_reader(setup["input"], 32, 32, 16, (W, H)) as reader:
+    np.testing.assert_array_equal(reader.read(FRAMES), setup["frames"][:, :, 8:40])
+
+
+def test_float_conversion_round_trips():
+  frames = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, -1)
+  x = video_io.to_float(frames)
+  assert x.min() == -1 and x.max() == 1
+  np.testing.assert_array_equal(video_io.to_uint8(x), frames)
+  np.testing.assert_array_equal(video_io.to_uint8(np.array([-2.0, 2.0])), [0, 255])
+
+
+def test_prompt_cache_hit_loads_no_encoder(tmp_path):
+  """With --prompt-cache, a cached prompt's bfloat16 embedding is used as stored and the encoder is never loaded
+  (its directory here holds a config and no weights, so a load would fail)."""
+  encoder_dir = tmp_path / "umt5"
+  encoder_dir.mkdir()
+  config = {**UMT5Config(name="tiny", vocab_size=64, dim=DIT.text_dim, num_heads=2, head_dim=8, ffn_dim=48,
+                         num_layers=1, text_len=DIT.text_len).to_dict(), "fingerprint": "test"}
+  (encoder_dir / "config.json").write_text(json.dumps({"kind": "umt5", "config": config}))
+  cache = PromptCache(tmp_path / "cache", text_encoder_identity(encoder_dir))
+  embedding = np.random.default_rng(0).standard_normal((DIT.text_len, DIT.text_dim)).astype(ml_dtypes.bfloat16)
+  cache.entry_path("make it snowy").parent.mkdir(parents=True)
+  np.save(cache.entry_path("make it snowy"), embedding)
+  args = argparse.Namespace(context=None, text_encoder=str(encoder_dir), prompt_cache=str(tmp_path / "cache"),
+                            prompt="make it snowy", dit="dit")
+  context = stream.load_context(args, DIT)
+  assert context.dtype == ml_dtypes.bfloat16
+  np.testing.assert_array_equal(context, embedding[None])
+
+
+def test_clear_errors(setup, tmp_path):
+  """Each bad invocation fails before any model loads, with a message naming the file and the problem."""
+  args = functools.partial(cli_args, setup, tmp_path / "out.rgb")
+  with pytest.raises(FileNotFoundError, match=r"nowhere is not a converted checkpoint: config.json is missing"):
+    stream.main([*args(), "--dit", str(tmp_path / "nowhere")])
+  t2v = tmp_path / "t2v"
+  t2v.mkdir()
+  (t2v / "config.json").write_text(json.dumps({"kind": "dit", "config": dataclasses.asdict(
+      DIT.replace(in_channels=16))}))
+  with pytest.raises(ValueError, match=r"t2v: config 'tiny' has in_channels 16, expected 32 \(an editing model"):
+    stream.main([*args(), "--dit", str(t2v)])
+  with pytest.raises(ValueError, match=r"--height 40 and --width 48 must be positive multiples of 16 and 16"):
+    stream.main([*args(), "--height", "40"])
+  with pytest.raises(ValueError, match=r"bad --input-size '48by32': expected WxH"):
+    stream.main([*args(), "--input-size", "48by32"])
+  with pytest.raises(video_io.VideoIOError, match=r"input.rgb: 115200 bytes is not a whole number of 47x32 rgb24 "
+                                                  r"frames \(4512 bytes each\); is --input-size right\?"):
+    stream.main([*args(), "--input-size", "47x32"])
+  with pytest.raises(video_io.VideoIOError, match=r"cannot read .*missing.mp4: no such file"):
+    stream.main(args(input=str(tmp_path / "missing.mp4")))
+  not_video = tmp_path / "not_video.mp4"
+  not_video.write_text("hello")
+  with pytest.raises(video_io.VideoIOError, match=r"cannot read .*not_video.mp4 \(ffmpeg exited with \d+ after 0 "
+                                                  r"frames\):\n(.|\n)*Invalid data"):
+    stream.main(args(input=str(not_video)))
+  bad_context = tmp_path / "context.npy"
+  np.save(bad_context, np.zeros((1, 5, DIT.text_dim + 1), np.float32))
+  with pytest.raises(ValueError, match=r"context.npy: prompt embedding has shape \[1, 5, 41\] \(float32\), "
+                                       r"expected a float \[1, L ≤ 16, 40\]"):
+    stream.main([*args(), "--context", str(bad_context)])
