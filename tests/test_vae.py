@@ -90,34 +90,46 @@ def random_clip(rng: np.random.Generator, config: vae.VAEConfig, batch: int, fra
   return video, latents.astype(np.float32)
 
 
-def check_against_reference(model: AutoencoderKLWan, config: vae.VAEConfig, params, video: np.ndarray,
+def check_against_reference(model: AutoencoderKLWan, config: vae.VAEConfig, encode, decode, video: np.ndarray,
                             latents: np.ndarray, seed: int) -> None:
-  """Our whole-clip encode and decode with `params` match the diffusers model within PARITY_RTOL."""
+  """encode(video) and decode(latents) match the diffusers model within PARITY_RTOL."""
   ref_latents = reference_encode(model, config, video)
   ref_video = reference_decode(model, config, latents)
   # The decoder output is clamped; with mostly saturated pixels the comparison would say little.
   assert np.mean(np.abs(ref_video) >= 1) < 0.1, f"seed {seed}: reference decode is saturated"
-  out_latents = jitted(vae.vae_encode, config)(params, video)
-  out_video = jitted(vae.vae_decode, config)(params, latents)
+  out_latents, out_video = encode(video), decode(latents)
   assert rel_err(out_latents, ref_latents) <= PARITY_RTOL, f"seed {seed}: encode {rel_err(out_latents, ref_latents)}"
   assert rel_err(out_video, ref_video) <= PARITY_RTOL, f"seed {seed}: decode {rel_err(out_video, ref_video)}"
 
 
-def _check_parity(config: vae.VAEConfig, clip: dict[str, int]) -> None:
-  seed = random.randrange(2**31)
-  model = random_diffusers_vae(config, seed)
-  video, latents = random_clip(np.random.default_rng(seed), config, **clip)
-  check_against_reference(model, config, flax_params(model, config), video, latents, seed)
+def check_whole_clip(model: AutoencoderKLWan, config: vae.VAEConfig, params, seed: int) -> None:
+  """`vae_encode` / `vae_decode` with `params` on a random TINY_CLIP-sized clip match the diffusers model."""
+  video, latents = random_clip(np.random.default_rng(seed), config, **TINY_CLIP)
+  check_against_reference(model, config, functools.partial(jitted(vae.vae_encode, config), params),
+                          functools.partial(jitted(vae.vae_decode, config), params), video, latents, seed)
 
 
 def test_parity_tiny():
-  _check_parity(TINY, TINY_CLIP)
+  seed = random.randrange(2**31)
+  model = random_diffusers_vae(TINY, seed)
+  check_whole_clip(model, TINY, flax_params(model, TINY), seed)
 
 
 @pytest.mark.slow
 def test_parity_real_widths():
-  """Wan2.1's widths (dim 96, 127 M params) on a small clip: 9 frames of 24×32."""
-  _check_parity(vae.VAEConfig.preset("wan2.1-vae"), {"batch": 1, "frames": 9, "height": 24, "width": 32})
+  """Wan2.1's widths (dim 96, 127 M params) on 9 frames of 24×32 ↔ 3 latents, through the first-chunk stream
+  steps: exactly Wan's encode and decode of such a clip, at one model copy per compile (the whole-clip functions,
+  a scan around the same chunk functions, are compared at tiny widths)."""
+  cfg = vae.VAEConfig.preset("wan2.1-vae")
+  seed = random.randrange(2**31)
+  model = random_diffusers_vae(cfg, seed)
+  params = flax_params(model, cfg)
+  video, latents = random_clip(np.random.default_rng(seed), cfg, batch=1, frames=9, height=24, width=32)
+  state = vae.init_vae_stream(cfg, 1, 24, 32)
+  encode_step = jax.jit(functools.partial(vae.vae_encode_step, cfg, first=True))
+  decode_step = jax.jit(functools.partial(vae.vae_decode_step, cfg, first=True))
+  check_against_reference(model, cfg, lambda v: encode_step(params, state, v)[1],
+                          lambda z: decode_step(params, state, z)[1], video, latents, seed)
 
 
 def test_streaming_equals_whole_clip():
