@@ -120,8 +120,16 @@ def attention_fns(case: Case, kv_length, interpret: bool, blocks: BlockSizes) ->
                                                         interpret=interpret),
       "cudnn": lambda: lambda q, k, v: attention(q, k, v, mask=mask, kv_length=kv_length, impl="cudnn"),
       "tokamax_mosaic": lambda: _tokamax_attention(case, kv_length),
-      "xla": lambda: lambda q, k, v: attention(q, k, v, mask=mask, kv_length=kv_length, impl="xla"),
+      "xla": lambda: _xla_attention(case, kv_length),
   }
+
+
+def _xla_attention(case: Case, kv_length):
+  """The dense XLA path, where its [N, T, S] float32 logits (and their gradient) fit in device memory."""
+  logit_bytes = 4 * case.heads * case.t * case.s * (3 if case.grad else 1)
+  if logit_bytes > 60 * 2**30:
+    raise NotImplementedError(f"dense XLA attention would need {logit_bytes / 2**30:.0f} GiB of logits")
+  return lambda q, k, v: attention(q, k, v, mask=case.mask, kv_length=kv_length, impl="xla")
 
 
 def routed_fns(interpret: bool, blocks: BlockSizes) -> dict[str, Callable[[], Callable]]:

@@ -41,13 +41,16 @@ class AttentionMask:
     if self.kind != "full" and self.chunk_tokens <= 0:
       raise ValueError(f"mask {self.kind!r} needs chunk_tokens > 0, got {self.chunk_tokens}")
 
-  def dense(self, q_len: int, kv_len: int) -> np.ndarray:
-    """The boolean mask [q_len, kv_len] (True = visible), for the reference path and tests."""
+  def dense(self, q_len: int, kv_len: int, xp=np):
+    """The boolean mask [q_len, kv_len] (True = visible), for the reference path and tests.
+
+    xp: numpy (a host constant) or jax.numpy (built from iotas inside a trace, never a large captured constant).
+    """
     if self.kind == "full":
-      return np.ones((q_len, kv_len), bool)
+      return xp.ones((q_len, kv_len), bool)
     if q_len != kv_len:
       raise ValueError(f"mask {self.kind!r} needs equal query and key lengths, got {q_len} and {kv_len}")
-    pos = np.arange(q_len)
+    pos = xp.arange(q_len)
     if self.kind == "chunk_causal":
       chunk = pos // self.chunk_tokens
       return chunk[None, :] <= chunk[:, None]
@@ -142,7 +145,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: AttentionMask =
     raise ValueError("kv_length is only supported with the full mask")
   impl = resolve_impl(impl, q.dtype)
   if impl == "xla":
-    dense = None if mask.kind == "full" else mask.dense(q.shape[1], k.shape[1])
+    dense = None if mask.kind == "full" else mask.dense(q.shape[1], k.shape[1], jnp)
     return attention_reference(q, k, v, dense, kv_length)
   if impl == "cudnn":
     if mask.kind == "full":
