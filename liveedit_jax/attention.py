@@ -20,8 +20,10 @@ Implementations (`impl`):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import jax
 import jax.numpy as jnp
@@ -128,6 +130,22 @@ def _chunked_prefix_loop(q, k, v, mask: AttentionMask, attend: Callable) -> jax.
 
 
 _EXTRA_IMPLS: dict[str, Callable] = {}
+_INPUT_SHARDING: contextvars.ContextVar = contextvars.ContextVar("attention_input_sharding", default=None)
+
+
+@contextlib.contextmanager
+def attention_input_sharding(sharding: jax.sharding.Sharding) -> Iterator[None]:
+  """While tracing inside this context, q, k and v are constrained to `sharding` (e.g. batch-sharded only).
+
+  cuDNN's partitioner needs q, k and v sharded alike; under FSDP, XLA's propagation can give the text K/V (computed
+  from sharded projection weights) another sharding than the video queries. The training step, which owns the
+  mesh, installs the batch sharding here; the model itself never names mesh axes.
+  """
+  token = _INPUT_SHARDING.set(sharding)
+  try:
+    yield
+  finally:
+    _INPUT_SHARDING.reset(token)
 
 
 def register_attention_impl(name: str, fn: Callable) -> None:
@@ -144,6 +162,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: AttentionMask =
   if mask.kind != "full" and kv_length is not None:
     raise ValueError("kv_length is only supported with the full mask")
   impl = resolve_impl(impl, q.dtype)
+  sharding = _INPUT_SHARDING.get()
+  if sharding is not None:
+    q, k, v = (jax.lax.with_sharding_constraint(a, sharding) for a in (q, k, v))
   if impl == "xla":
     dense = None if mask.kind == "full" else mask.dense(q.shape[1], k.shape[1], jnp)
     return attention_reference(q, k, v, dense, kv_length)

@@ -24,13 +24,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from liveedit_jax.attention import attention_input_sharding
 from liveedit_jax.dit import Params, init_dit_params
 from train import sharding
 from train.configs import TrainConfig
 from train.losses import Batch, dmd_generator_loss, fake_score_loss, flow_matching_loss, teacher_forcing_loss
 
-# The trained trees of each stage and the one whose EMA is kept.
-TRAINED = {1: ("model",), 2: ("model",), 3: ("generator", "fake_score")}
+# The trained tree whose EMA is kept, per stage.
 EMA_OF = {1: "model", 2: "model", 3: "generator"}
 # Fields the step never reads: runs that differ only in these share one compiled step (the config is static).
 HOST_FIELDS = ("name", "data_dir", "data_seed", "data_threads", "mesh_data", "mesh_fsdp", "workdir", "steps", "seed",
@@ -45,7 +45,7 @@ RNG_IMPL = "rbg"
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # int32 []: steps taken (stage 3: critic updates)
-  params: dict[str, Params]  # the trained trees, keys TRAINED[stage]
+  params: dict[str, Params]  # the trained trees: {"model"} in stages 1–2, {"generator", "fake_score"} in stage 3
   opt_state: dict[str, Any]  # one optax state per trained tree
   ema: Params  # EMA of params[EMA_OF[stage]]
   rng: jax.Array  # uint32 [4]: raw key data of an RNG_IMPL key (checkpointable)
@@ -157,7 +157,7 @@ def _model_step(config: TrainConfig, state: TrainState, batch: Batch, key: jax.A
   loss_fn = flow_matching_loss if config.stage == 1 else teacher_forcing_loss
   params, opt_state = state.params["model"], state.opt_state["model"]
   (loss, metrics), grads = jax.value_and_grad(functools.partial(loss_fn, config), has_aux=True)(params, batch, key)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   ok = _finite(loss, grad_norm)
   params, opt_state = _update(config, "model", params, opt_state, grads, ok)
   ema = _ema(config, state.ema, params, state.step)
@@ -173,7 +173,7 @@ def _dmd_step(config: TrainConfig, state: TrainState, batch: Batch, frozen: dict
     gen, opt_state, ema = carry
     loss_fn = functools.partial(dmd_generator_loss, config)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(gen, frozen["real_score"], fake, batch, k_gen)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     ok = _finite(loss, grad_norm)
     gen, opt_state = _update(config, "generator", gen, opt_state, grads, ok)
     metrics = {**metrics, "gen_grad_norm": grad_norm}
@@ -187,7 +187,7 @@ def _dmd_step(config: TrainConfig, state: TrainState, batch: Batch, frozen: dict
       (gen, state.opt_state["generator"], state.ema))
   loss_fn = functools.partial(fake_score_loss, config)
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(fake, gen, batch, k_critic)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   ok = _finite(loss, grad_norm)
   fake, fake_opt = _update(config, "fake_score", fake, state.opt_state["fake_score"], grads, ok)
   return ({"generator": gen, "fake_score": fake}, {"generator": gen_opt, "fake_score": fake_opt}, ema,
@@ -217,4 +217,5 @@ def compile_step(config: TrainConfig, mesh: Mesh, state: TrainState, batch: Batc
   jitted = jax.jit(train_step, static_argnums=0, donate_argnums=1,
                    in_shardings=(state_sh, sharding.batch_sharding(mesh), sharding.tree_shardings(frozen, mesh)),
                    out_shardings=(state_sh, sharding.replicated(mesh)))
-  return jitted.lower(step_config(config), state, batch, frozen).compile()
+  with attention_input_sharding(sharding.batch_sharding(mesh)):
+    return jitted.lower(step_config(config), state, batch, frozen).compile()
