@@ -167,6 +167,8 @@ def _elapsed_ms(start: float) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Models:
+  """The loaded DiT and VAE (params on the default device)."""
+
   dit_config: DiTConfig
   dit_params: Any
   vae_config: VAEConfig
