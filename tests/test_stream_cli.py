@@ -272,6 +272,9 @@ def test_clear_errors(setup, tmp_path):
   with pytest.raises(video_io.VideoIOError, match=r"cannot read .*not_video.mp4 \(ffmpeg exited with \d+ after 0 "
                                                   r"frames\):\n(.|\n)*Invalid data"):
     stream.main(args(input=str(not_video)))
+  with pytest.raises(video_io.VideoIOError, match=r"cannot read webcam:/dev/video-missing \(ffmpeg exited with \d+ "
+                                                  r"after 0 frames\):\n(.|\n)*Cannot open video device"):
+    stream.main(args(input="webcam:/dev/video-missing"))
   bad_context = tmp_path / "context.npy"
   np.save(bad_context, np.zeros((1, 5, DIT.text_dim + 1), np.float32))
   with pytest.raises(ValueError, match=r"context.npy: prompt embedding has shape \[1, 5, 41\] \(float32\), "
