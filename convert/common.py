@@ -19,8 +19,6 @@ import dataclasses
 import json
 import os
 import pickle
-import shutil
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -29,8 +27,6 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-
-from liveedit_jax import param_io
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -150,6 +146,18 @@ def top_level_keys(path: str | os.PathLike) -> set[str]:
     return set()
   tree = _read_pickle(path)
   return {k for k in tree if isinstance(k, str)} if isinstance(tree, Mapping) else set()
+
+
+def config_json_beside(src: str | os.PathLike) -> dict[str, Any] | None:
+  """The `config.json` in a source directory or beside a source file, parsed; None when there is none."""
+  src = Path(src)
+  path = (src if src.is_dir() else src.parent) / "config.json"
+  if not path.is_file():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as err:
+    raise CheckpointError(f"{path}: not valid JSON: {err}") from err
 
 
 def find_weights_file(directory: Path) -> Path:
@@ -281,25 +289,3 @@ def apply_rules(refs: Mapping[str, TensorRef], rules: list[Rule], abstract: Any,
       node = node.setdefault(name, {})
     node[target[-1]] = value
   return tree
-
-
-def save_with_files(dst: str | os.PathLike, kind: str, config: dict[str, Any], params: Any,
-                    files: Mapping[str, Path], overwrite: bool = False) -> Path:
-  """`param_io.save_params` plus extra files (`files`: name inside dst → source file), e.g. a tokenizer beside
-  the weights. Everything is staged in a sibling temp dir and renamed at the end, so dst is whole or absent."""
-  dst = Path(dst).absolute()
-  if dst.exists() and not overwrite:
-    raise FileExistsError(f"{dst} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-  stage = dst.parent / f".{dst.name}.staging-{uuid.uuid4().hex[:8]}"
-  try:
-    param_io.save_params(stage, kind, config, params)
-    for name, src in files.items():
-      (stage / name).parent.mkdir(parents=True, exist_ok=True)
-      shutil.copyfile(src, stage / name)
-    if dst.exists():
-      shutil.rmtree(dst)
-    os.rename(stage, dst)
-  finally:
-    if stage.exists():
-      shutil.rmtree(stage)
-  return dst

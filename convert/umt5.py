@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,8 +29,9 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, linear_rules, read_checkpoint,
-                            save_with_files)
+from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, config_json_beside, linear_rules,
+                            read_checkpoint)
+from liveedit_jax.param_io import save_params
 from liveedit_jax.tokenizer import SPIECE_FILE, TOKENIZER_FILES, TOKENIZER_JSON, Tokenizer
 from liveedit_jax.umt5 import KIND, TOKENIZER_DIR, UMT5_PRESETS, UMT5Config, init_umt5_params
 
@@ -116,14 +116,13 @@ def _config(src: Path, layout: str, preset: str | None) -> UMT5Config:
     return UMT5Config.preset(preset)
   if layout == "wan":
     return UMT5Config.preset("umt5-xxl")
-  config_file = (src if src.is_dir() else src.parent) / "config.json"
-  if not config_file.is_file():
-    raise CheckpointError(f"{src}: the transformers layout needs its config.json ({config_file} is missing); "
-                          "or pass --preset")
+  fields = config_json_beside(src)
+  if fields is None:
+    raise CheckpointError(f"{src}: the transformers layout needs its config.json beside it; or pass --preset")
   try:
-    return UMT5Config.from_transformers(json.loads(config_file.read_text()))
+    return UMT5Config.from_transformers(fields)
   except (KeyError, ValueError) as err:
-    raise CheckpointError(f"{config_file}: not a usable umT5 config: {err!r}") from err
+    raise CheckpointError(f"{src}: config.json is not a usable umT5 config: {err!r}") from err
 
 
 def _tokenizer_dir(src: Path, layout: str, tokenizer: Path | None) -> Path:
@@ -159,7 +158,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "auto", t
   files = {f"{TOKENIZER_DIR}/{name}": tokenizer_dir / name for name in TOKENIZER_FILES
            if (tokenizer_dir / name).is_file()}
   fields = {**config.to_dict(), "fingerprint": fingerprint(params, files)}
-  return save_with_files(dst, KIND, fields, params, files, overwrite)
+  return save_params(dst, KIND, fields, params, overwrite, files)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 import sys
 from pathlib import Path
@@ -25,8 +24,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from convert.common import (CheckpointError, Rule, TensorRef, linear_rules, apply_rules, read_checkpoint,
-                            strip_key_prefixes, top_level_keys)
+from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, config_json_beside, linear_rules,
+                            read_checkpoint, strip_key_prefixes, top_level_keys)
 from liveedit_jax.config import DIT_PRESETS, DiTConfig
 from liveedit_jax.dit import init_dit_params
 from liveedit_jax.param_io import save_params
@@ -153,11 +152,6 @@ def infer_config(refs: Mapping[str, TensorRef], layout: str, origin: str, config
   return cfg, c_src
 
 
-def _config_json_beside(src: Path) -> dict | None:
-  candidate = (src if src.is_dir() else src.parent) / "config.json"
-  return json.loads(candidate.read_text()) if candidate.is_file() else None
-
-
 def convert_dit(src: str | Path, dst: str | Path | None = None, *, fmt: str = "auto", key: str | None = None,
                 in_channels: int | None = None, num_heads: int | None = None, preset: str | None = None,
                 dtype: str = "float32", overwrite: bool = False) -> tuple[DiTConfig, dict[str, Any]]:
@@ -180,7 +174,7 @@ def convert_dit(src: str | Path, dst: str | Path | None = None, *, fmt: str = "a
   refs = strip_key_prefixes(refs)
   layout = detect_layout(refs) if fmt in ("auto", "self-forcing") else fmt
   origin = f"{src}" + (f" [{key}]" if key else "")
-  cfg, c_src = infer_config(refs, layout, origin, _config_json_beside(src), num_heads, in_channels, dtype,
+  cfg, c_src = infer_config(refs, layout, origin, config_json_beside(src), num_heads, in_channels, dtype,
                              preset)
   abstract = jax.eval_shape(lambda: init_dit_params(cfg, jax.random.key(0)))
   params = apply_rules(refs, dit_rules(cfg, layout, c_src), abstract, dtype, origin)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,8 +26,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, conv_rules, pointwise_conv_rules,
-                            read_checkpoint)
+from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, config_json_beside, conv_rules,
+                            pointwise_conv_rules, read_checkpoint)
 from liveedit_jax import param_io
 from liveedit_jax.vae import VAE_PRESETS, VAEConfig, init_vae_params
 
@@ -152,14 +151,13 @@ def _config(src: Path, layout: str, preset: str | None) -> VAEConfig:
     return VAEConfig.preset(preset)
   if layout == "wan":
     return VAEConfig.preset("wan2.1-vae")
-  config_file = (src if src.is_dir() else src.parent) / "config.json"
-  if not config_file.is_file():
-    raise CheckpointError(f"{src}: the diffusers layout needs its config.json ({config_file} is missing); "
-                          "or pass --preset")
+  fields = config_json_beside(src)
+  if fields is None:
+    raise CheckpointError(f"{src}: the diffusers layout needs its config.json beside it; or pass --preset")
   try:
-    return VAEConfig.from_diffusers(json.loads(config_file.read_text()))
+    return VAEConfig.from_diffusers(fields)
   except (KeyError, ValueError) as err:
-    raise CheckpointError(f"{config_file}: not a usable AutoencoderKLWan config: {err!r}") from err
+    raise CheckpointError(f"{src}: config.json is not a usable AutoencoderKLWan config: {err!r}") from err
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "auto", dtype: str = "float32",

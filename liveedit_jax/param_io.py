@@ -11,7 +11,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -22,8 +22,11 @@ PARAMS_DIR = "params"
 
 
 def save_params(path: str | os.PathLike, kind: str, config: dict[str, Any], params: Any,
-                overwrite: bool = False) -> Path:
-  """Writes config + params to `path` atomically: everything goes to a sibling temp dir, renamed at the end."""
+                overwrite: bool = False, files: Mapping[str, str | os.PathLike] | None = None) -> Path:
+  """Writes config + params to `path` atomically: everything goes to a sibling temp dir, renamed at the end.
+
+  files: extra files to place beside the weights, {name inside `path`: source file} (e.g. a tokenizer).
+  """
   path = Path(path).absolute()
   if path.exists() and not overwrite:
     raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
@@ -35,6 +38,9 @@ def save_params(path: str | os.PathLike, kind: str, config: dict[str, Any], para
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(tmp / PARAMS_DIR, params)
       ckptr.wait_until_finished()
+    for name, src in (files or {}).items():
+      (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copyfile(src, tmp / name)
     if path.exists():
       shutil.rmtree(path)
     os.rename(tmp, path)
