@@ -70,18 +70,19 @@ def read_video(path: Path, frames: int) -> np.ndarray:
   return np.stack(out).astype(np.float32) / 127.5 - 1.0
 
 
-def video_examples(manifest: Path, vae_dir: str, text_encoder_dir: str, frames: int) -> Iterator[Example]:
-  """Encodes the manifest's video pairs with the VAE (posterior mean) and their prompts with umT5."""
+def video_examples(manifest: Path, vae_config, vae_params, text_encoder, frames: int) -> Iterator[Example]:
+  """Encodes the manifest's video pairs with the VAE (posterior mean) and their prompts with umT5.
+
+  vae_config, vae_params: a `liveedit_jax.vae` model; text_encoder: a `liveedit_jax.umt5.TextEncoder`.
+  """
   import jax  # the encoders run here only, on the default device
 
-  from liveedit_jax.umt5 import encode_prompts, load_text_encoder
-  from liveedit_jax.vae import load_vae, vae_encode
+  from liveedit_jax.umt5 import encode_prompts
+  from liveedit_jax.vae import vae_encode
 
   if (frames - 1) % 4:
     raise ValueError(f"--frames must be 1 + 4k (Wan's VAE), got {frames}")
-  vae_config, vae_params = load_vae(vae_dir)
   encode = jax.jit(vae_encode, static_argnums=0)
-  text_encoder = load_text_encoder(text_encoder_dir)
   for line in manifest.read_text().splitlines():
     if not line.strip():
       continue
@@ -132,7 +133,10 @@ def main(argv: list[str] | None = None) -> None:
   else:
     if not (args.vae and args.text_encoder):
       parser.error("--videos needs --vae and --text-encoder")
-    examples = video_examples(args.videos, args.vae, args.text_encoder, args.frames)
+    from liveedit_jax.umt5 import load_text_encoder
+    from liveedit_jax.vae import load_vae
+
+    examples = video_examples(args.videos, *load_vae(args.vae), load_text_encoder(args.text_encoder), args.frames)
   path = write(args.out, examples, args.shard_size, args.dtype)
   print(json.dumps({"out": str(path), **{k: v for k, v in json.loads((path / "index.json").read_text()).items()
                                          if k != "shards"}}))

@@ -93,14 +93,3 @@ def sharded_fraction(tree: Any, shardings: Any) -> float:
   split = sum(math.prod(np.shape(a)) * np.dtype(a.dtype).itemsize for a, s in zip(leaves, specs)
               if not s.is_fully_replicated)
   return split / max(total, 1)
-
-
-def assert_sufficiently_sharded(tree: Any, shardings: Any, tolerance: float = 0.02) -> None:
-  """Raises unless at least 1 − tolerance of the tree's bytes are sharded (MaxText's `sharding_tolerance`)."""
-  fraction = sharded_fraction(tree, shardings)
-  if fraction < 1 - tolerance:
-    replicated_leaves = [path_str(p) for (p, a), s in zip(
-        jax.tree_util.tree_leaves_with_path(tree),
-        jax.tree.leaves(shardings, is_leaf=lambda s: isinstance(s, NamedSharding))) if s.is_fully_replicated]
-    raise ValueError(f"only {fraction:.1%} of the parameter bytes are sharded (need ≥ {1 - tolerance:.0%}); "
-                     f"replicated: {replicated_leaves}")
