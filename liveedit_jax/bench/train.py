@@ -41,7 +41,7 @@ def _random_batch(config: TrainConfig, mesh: jax.sharding.Mesh) -> dict[str, jax
     return {"source": jax.random.normal(ks[0], latent), "target": jax.random.normal(ks[1], latent),
             "context": jax.random.normal(ks[2], (config.batch_size, dit.text_len, dit.text_dim))}
 
-  return jax.jit(make, out_shardings=sharding.batch_sharding(mesh))(jax.random.key(1))
+  return jax.jit(make, out_shardings=sharding.batch_sharding(mesh))(jax.random.key(1, impl=train_step.RNG_IMPL))
 
 
 def main(argv: list[str]) -> None:
