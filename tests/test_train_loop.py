@@ -8,20 +8,21 @@ import sys
 
 import imageio_ffmpeg
 import jax
+import ml_dtypes
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from liveedit_jax.bench import train as bench
-from liveedit_jax.param_io import load_params
+from liveedit_jax.param_io import cast_tree, load_params, save_params
 from liveedit_jax.tokenizer import Tokenizer
 from liveedit_jax.umt5 import UMT5Config, TextEncoder, encode_prompts, init_umt5_params
 from liveedit_jax.vae import VAEConfig, init_vae_params, vae_encode
 from tests.test_umt5_tokenizer import write_tokenizer
 from train import cli, prepare_data, sharding, stage1, stage2, stage3, step as train_step
 from train.configs import TRAIN_PRESETS, TrainConfig
-from train.loop import NonFiniteError, train
+from train.loop import NonFiniteError, initial_state, train
 from train.shards import LatentShards, ShardWriter
 
 
@@ -209,3 +210,42 @@ def test_prepare_data_from_videos(tmp_path):
                                  atol=1e-6)
     np.testing.assert_allclose(shards[i]["context"], np.asarray(encode_prompts(encoder, [prompts[name]]))[0],
                                rtol=1e-6, atol=1e-6)
+
+
+def test_stages_start_from_the_previous_stages_exports(data_dir, tmp_path):
+  """Stage 2 starts from stage 1's export; stage 3's generator from stage 2's EMA export and its fake and real
+  scores from stage 1's export, here stored in bfloat16 and restored into float32 master weights."""
+  mesh = sharding.make_mesh(1, -1)
+  train(_config(1, data_dir, tmp_path / "s1", steps=2))
+  stage1 = load_params(tmp_path / "s1" / "export")
+  state, frozen = initial_state(_config(2, data_dir, tmp_path / "s2", init=str(tmp_path / "s1" / "export")), mesh,
+                                fresh=True)
+  assert frozen == {}
+  for tree in (state.params["model"], state.ema):
+    for a, b in zip(jax.tree.leaves(stage1), jax.tree.leaves(tree)):
+      np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+  train(_config(2, data_dir, tmp_path / "s2", steps=2, init=str(tmp_path / "s1" / "export")))
+
+  stage1_bf16 = tmp_path / "s1-bf16"
+  save_params(stage1_bf16, "dit", json.loads(TrainConfig.preset("tiny", 1).dit().to_json()),
+              cast_tree(stage1, ml_dtypes.bfloat16))
+  config = _config(3, data_dir, tmp_path / "s3", steps=2, init=str(tmp_path / "s2" / "export_ema"),
+                   score_init=str(stage1_bf16))
+  state, frozen = initial_state(config, mesh, fresh=True)
+  stage2_ema = load_params(tmp_path / "s2" / "export_ema")
+  for a, b in zip(jax.tree.leaves(stage2_ema), jax.tree.leaves(state.params["generator"])):
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+  for tree in (state.params["fake_score"], frozen["real_score"]):
+    for a, b in zip(jax.tree.leaves(stage1), jax.tree.leaves(tree)):
+      assert b.dtype == np.float32
+      np.testing.assert_array_equal(np.asarray(b), np.asarray(a).astype(ml_dtypes.bfloat16).astype(np.float32))
+  history = train(config)
+  assert history[-1]["step"] == 2 and history[-1]["skipped"] == 0
+
+  wrong = tmp_path / "wrong"
+  shutil.copytree(tmp_path / "s1" / "export", wrong)
+  meta = json.loads((wrong / "config.json").read_text())
+  meta["config"]["num_layers"] = 3
+  (wrong / "config.json").write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match="holds a DiT"):
+    initial_state(_config(2, data_dir, tmp_path / "s2b", init=str(wrong)), mesh, fresh=True)

@@ -16,6 +16,7 @@ left as it was. The run ends with a checkpoint and exports the trained weights a
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -71,26 +72,31 @@ def load_dit_params(path: str, config: TrainConfig, mesh: jax.sharding.Mesh) -> 
   return load_params(path, abstract)
 
 
-def _initial(config: TrainConfig, mesh: jax.sharding.Mesh,
-             fresh: bool) -> tuple[train_step.TrainState | None, dict[str, Params]]:
-  """(step-0 state or None when `fresh` is False, frozen trees), following the module docstring's order."""
-  if config.init or config.score_init:
-    missing = [f for f in (("init",) if config.stage != 3 else ("init", "score_init")) if not getattr(config, f)]
-    if missing:
-      raise ValueError(f"stage {config.stage} loads converted weights for {missing} too; set them or neither")
-    frozen = {}
-    if config.stage == 3:
-      frozen = {"real_score": load_dit_params(config.score_init, config, mesh)}
-    if not fresh:
-      return None, frozen
-    if config.stage == 3:
-      trained = {"generator": load_dit_params(config.init, config, mesh),
-                 "fake_score": load_dit_params(config.score_init, config, mesh)}
-    else:
-      trained = {"model": load_dit_params(config.init, config, mesh)}
-    return train_step.init_from(config, mesh, trained), frozen
-  state, frozen = train_step.random_init(config, mesh)
-  return (state if fresh else None), frozen
+def initial_state(config: TrainConfig, mesh: jax.sharding.Mesh,
+                  fresh: bool) -> tuple[train_step.TrainState | None, dict[str, Params]]:
+  """(a step-0 state, or None unless `fresh` (a checkpoint will provide it), the frozen trees).
+
+  From the converted weights of `init` (stages 1–2: the model; stage 3: the generator) and `score_init` (stage 3:
+  the real score, which also initialises the fake score); without them, a random init from `seed`.
+  """
+  needed = ("init", "score_init") if config.stage == 3 else ("init",)
+  if config.stage != 3 and config.score_init:
+    raise ValueError(f"score_init is stage 3's real score; stage {config.stage} trains from init only")
+  given = [f for f in needed if getattr(config, f)]
+  if not given:
+    state, frozen = train_step.random_init(config, mesh)
+    return (state if fresh else None), frozen
+  if len(given) != len(needed):
+    raise ValueError(f"stage {config.stage} loads {' and '.join(needed)}; set all of them, or none for a random init")
+  load = functools.partial(load_dit_params, config=config, mesh=mesh)
+  frozen = {"real_score": load(config.score_init)} if config.stage == 3 else {}
+  if not fresh:
+    return None, frozen
+  if config.stage == 3:
+    trained = {"generator": load(config.init), "fake_score": load(config.score_init)}
+  else:
+    trained = {"model": load(config.init)}
+  return train_step.init_from(config, mesh, trained), frozen
 
 
 def _host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
@@ -109,7 +115,7 @@ def train(config: TrainConfig, *, stop_at: int | None = None) -> list[dict[str, 
   checkpoints = checkpoint.Checkpoints(workdir / "checkpoints", config.checkpoint_every, config.keep_checkpoints)
   abstract = train_step.abstract_state(config, mesh)
   start = checkpoints.latest_step()
-  state, frozen = _initial(config, mesh, fresh=start is None)
+  state, frozen = initial_state(config, mesh, fresh=start is None)
   if start is not None:
     state = checkpoints.restore(start, abstract, data.restore_args())
     log.info("resumed from %s at step %d", workdir / "checkpoints", start)
