@@ -38,7 +38,7 @@ def _parser(stage: int) -> argparse.ArgumentParser:
     kind = hints[field.name]
     parse = _bool if kind is bool else _floats if typing.get_origin(kind) is tuple else kind
     parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=parse, default=argparse.SUPPRESS,
-                        help=f"(default: the preset's, {field.default!r} in liveedit-1.3b)")
+                        help="default: the preset's value (train/configs.py)")
   return parser
 
 

@@ -169,6 +169,8 @@ def train(config: TrainConfig, *, stop_at: int | None = None) -> list[dict[str, 
         steps_per_s = (step - last_log_step) / (now - last_log_time)
         last_log_time, last_log_step = now, step
         host.update(steps_per_s=steps_per_s, tokens_per_s=steps_per_s * tokens_per_step, lr=config.lr)
+        if config.stage == 3:
+          host["critic_lr"] = config.critic_lr
         if peak:
           host["mfu"] = flops * steps_per_s / (peak * jax.device_count())
         history.append({"step": step, **host})
