@@ -148,12 +148,13 @@ def test_train_benchmark_runs_on_cpu(capsys):
 
 
 def test_python_m_entry_points_parse():
-  modules = ["train.stage1", "train.stage2", "train.stage3", "train.prepare_data"]
-  runs = [subprocess.Popen([sys.executable, "-m", m, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True) for m in modules]
-  for module, run in zip(modules, runs):
+  commands = [["train.stage1"], ["train.stage2"], ["train.stage3"], ["train.prepare_data"],
+              ["liveedit_jax.bench", "train"]]
+  runs = [subprocess.Popen([sys.executable, "-m", *c, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True) for c in commands]
+  for command, run in zip(commands, runs):
     out, err = run.communicate(timeout=120)
-    assert run.returncode == 0 and f"usage: python -m {module}" in out, err
+    assert run.returncode == 0 and f"usage: python -m {' '.join(command)}" in out, err
 
 
 def test_command_line_overrides():
