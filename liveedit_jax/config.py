@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Mapping
 
 import jax.numpy as jnp
 
@@ -20,13 +20,48 @@ _ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas")
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
+class PresetConfig:
+  """What every frozen model config shares: presets by name, overrides, and dict round trips.
+
+  A subclass is a frozen dataclass that sets `LABEL` (for messages) and, after its preset table, `PRESETS`.
+  """
+
+  __slots__ = ()
+  LABEL: ClassVar[str] = "model"
+  PRESETS: ClassVar[Mapping[str, Any]] = {}
+
+  def replace(self, **overrides: Any):
+    return dataclasses.replace(self, **overrides)
+
+  @classmethod
+  def preset(cls, name: str, **overrides: Any):
+    if name not in cls.PRESETS:
+      raise ValueError(f"unknown {cls.LABEL} preset {name!r}; valid presets: {sorted(cls.PRESETS)}")
+    return dataclasses.replace(cls.PRESETS[name], **overrides)
+
+  def to_dict(self) -> dict[str, Any]:
+    """A JSON-ready dict (the `config` of a converted directory)."""
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, fields: Mapping[str, Any]):
+    """The inverse of `to_dict` (JSON lists back to tuples); unknown fields are named."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+      raise ValueError(f"{cls.LABEL} config has unknown fields {unknown}; known fields: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(known[k].default, tuple) else v for k, v in fields.items()})
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
-class DiTConfig:
+class DiTConfig(PresetConfig):
   """Wan2.1 DiT hyper-parameters.
 
   `in_channels` is 16 for text-to-video and 32 for editing (noisy latent first, source latent second);
   `latent_channels` is what the model predicts (16, the VAE's z).
   """
+
+  LABEL: ClassVar[str] = "DiT"
 
   name: str = "wan2.1-t2v-1.3b"
   in_channels: int = 16
@@ -81,29 +116,12 @@ class DiTConfig:
   def dtype(self) -> jnp.dtype:
     return jnp.dtype(self.compute_dtype)
 
-  def replace(self, **overrides: Any) -> "DiTConfig":
-    return dataclasses.replace(self, **overrides)
-
-  @classmethod
-  def preset(cls, name: str, **overrides: Any) -> "DiTConfig":
-    if name not in DIT_PRESETS:
-      raise ValueError(f"unknown DiT preset {name!r}; valid presets: {sorted(DIT_PRESETS)}")
-    return dataclasses.replace(DIT_PRESETS[name], **overrides)
-
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
   @classmethod
   def from_json(cls, text: str) -> "DiTConfig":
     return cls.from_dict(json.loads(text))
-
-  @classmethod
-  def from_dict(cls, fields: dict[str, Any]) -> "DiTConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-      raise ValueError(f"DiT config has unknown fields {unknown}; known fields: {sorted(known)}")
-    return cls(**{**fields, "patch_size": tuple(fields.get("patch_size", (1, 2, 2)))})
 
 
 DIT_PRESETS: dict[str, DiTConfig] = {
@@ -115,3 +133,4 @@ DIT_PRESETS: dict[str, DiTConfig] = {
         name="tiny", in_channels=32, dim=64, ffn_dim=96, freq_dim=32, num_heads=2, num_layers=2,
         text_len=16, text_dim=40),
 }
+DiTConfig.PRESETS = DIT_PRESETS

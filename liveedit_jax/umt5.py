@@ -26,7 +26,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,19 +34,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from liveedit_jax import param_io
+from liveedit_jax.config import _DTYPES, PresetConfig
 from liveedit_jax.layers import Dense, RMSNorm, gelu_tanh
 from liveedit_jax.tokenizer import Tokenizer
 
 Params = dict[str, Any]
 
-_DTYPES = ("float32", "bfloat16", "float16")
 KIND = "umt5"  # param_io kind of a converted directory
 TOKENIZER_DIR = "tokenizer"  # the tokenizer files inside a converted directory
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class UMT5Config:
+class UMT5Config(PresetConfig):
   """umT5 encoder hyper-parameters (spec §7.1; transformers' UMT5Config names in comments)."""
+
+  LABEL: ClassVar[str] = "umT5"
 
   name: str = "umt5-xxl"
   vocab_size: int = 256384
@@ -82,26 +84,6 @@ class UMT5Config:
   def dtype(self) -> jnp.dtype:
     return jnp.dtype(self.compute_dtype)
 
-  def replace(self, **overrides: Any) -> "UMT5Config":
-    return dataclasses.replace(self, **overrides)
-
-  @classmethod
-  def preset(cls, name: str, **overrides: Any) -> "UMT5Config":
-    if name not in UMT5_PRESETS:
-      raise ValueError(f"unknown umT5 preset {name!r}; valid presets: {sorted(UMT5_PRESETS)}")
-    return dataclasses.replace(UMT5_PRESETS[name], **overrides)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, fields: Mapping[str, Any]) -> "UMT5Config":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-      raise ValueError(f"umT5 config has unknown fields {unknown}; known fields: {sorted(known)}")
-    return cls(**fields)
-
   @classmethod
   def from_transformers(cls, hf: Mapping[str, Any]) -> "UMT5Config":
     """From a transformers `config.json` dict; a preset when the sizes match one (e.g. google/umt5-xxl)."""
@@ -128,6 +110,7 @@ UMT5_PRESETS: dict[str, UMT5Config] = {
     "tiny": UMT5Config(name="tiny", vocab_size=389, dim=40, num_heads=3, head_dim=7, ffn_dim=53, num_layers=2,
                        text_len=16),
 }
+UMT5Config.PRESETS = UMT5_PRESETS
 
 
 def relative_position_buckets(q_len: int, k_len: int, num_buckets: int, max_distance: int) -> np.ndarray:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
 import flax.struct
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from liveedit_jax import param_io
-from liveedit_jax.config import _DTYPES
+from liveedit_jax.config import _DTYPES, PresetConfig
 from liveedit_jax.layers import Dense
 
 Params = dict[str, Any]
@@ -58,12 +58,14 @@ _torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class VAEConfig:
+class VAEConfig(PresetConfig):
   """Wan2.1 VAE hyper-parameters (§6.1).
 
   Encoder widths are dim·[1, *dim_mult]; each stage but the last halves H and W, and also T where
   `temporal_downsample` says so. The decoder mirrors the encoder, halving the width at each upsample.
   """
+
+  LABEL: ClassVar[str] = "VAE"
 
   name: str = "wan2.1-vae"
   dim: int = 96
@@ -113,28 +115,6 @@ class VAEConfig:
   def dtype(self) -> jnp.dtype:
     return jnp.dtype(self.compute_dtype)
 
-  def replace(self, **overrides: Any) -> "VAEConfig":
-    return dataclasses.replace(self, **overrides)
-
-  @classmethod
-  def preset(cls, name: str, **overrides: Any) -> "VAEConfig":
-    if name not in VAE_PRESETS:
-      raise ValueError(f"unknown VAE preset {name!r}; valid presets: {sorted(VAE_PRESETS)}")
-    return dataclasses.replace(VAE_PRESETS[name], **overrides)
-
-  def to_dict(self) -> dict[str, Any]:
-    """A JSON-ready dict (the `config` of a converted directory)."""
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, fields: dict[str, Any]) -> "VAEConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-      raise ValueError(f"VAE config has unknown fields {unknown}; known fields: {sorted(known)}")
-    tuples = ("dim_mult", "temporal_downsample", "latents_mean", "latents_std")
-    return cls(**{k: tuple(v) if k in tuples else v for k, v in fields.items()})
-
   @classmethod
   def from_diffusers(cls, fields: dict[str, Any]) -> "VAEConfig":
     """A diffusers `AutoencoderKLWan` config.json → VAEConfig; raises on variants this module does not build
@@ -156,6 +136,7 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     # Every component at toy widths, for tests: shortcuts in both directions, 2-D and 3-D resamplers, attention.
     "tiny": VAEConfig(name="tiny", dim=8, dim_mult=(1, 2, 3, 3)),
 }
+VAEConfig.PRESETS = VAE_PRESETS
 
 
 def _conv_params(module: nn.Module, kernel_shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
