@@ -28,8 +28,15 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-import imageio_ffmpeg
 import numpy as np
+
+
+def _ffmpeg() -> str:
+  """The ffmpeg binary that imageio-ffmpeg ships (imported here: raw rgb24 input and output need no ffmpeg)."""
+  import imageio_ffmpeg  # noqa: PLC0415
+
+  return imageio_ffmpeg.get_ffmpeg_exe()
+
 
 STDIO = "-"
 RAW_SUFFIX = ".rgb"
@@ -168,7 +175,7 @@ def open_reader(source: str, width: int, height: int, fps: float,
       input_args = ["-i", source]
     video_filter = f"fps={fps},{_resize_filter(width, height)}"
   # -nostdin keeps ffmpeg off our stdin unless stdin is the input.
-  cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error",
+  cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error",
          *([] if source == STDIO else ["-nostdin"]), *input_args,
          "-map", "0:v:0", "-vf", video_filter, "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
   log = _ffmpeg_log()
@@ -224,7 +231,7 @@ class VideoWriter:
     # zerolatency: no lookahead or B-frames, so each frame is encoded when it arrives, not a GOP later.
     # Fragments at each keyframe (one per second, -g) put encoded frames on disk while the stream runs.
     fragments = ["-g", str(round(self.fps)), "-movflags", "+frag_keyframe+empty_moov+default_base_moof"]
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+    cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}", "-framerate", str(self.fps),
            "-i", "pipe:0", *codec, "-pix_fmt", "yuv420p",
            *(fragments if suffix in _FRAGMENTED_CONTAINERS else []), self.name]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU tests and benchmarks in one call; results under $OUT (or ./out).
 #
-#   scripts/gpu_check.sh [SECTION ...]     SECTION: env tests stream mask vae kernels train (default: all)
+#   scripts/gpu_check.sh [SECTION ...]     SECTION: env tests stream mask vae kernels train e2e (default: all)
 #
 # Runs from the repository root with the device's own JAX (no install); optional wheels in .whl/ are installed
 # into /tmp/site first (see the device README). Each section has its own time limit so one slow section does not
@@ -16,7 +16,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     && export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
 sections=("$@")
-[ ${#sections[@]} -eq 0 ] && sections=(env tests stream mask vae kernels train)
+[ ${#sections[@]} -eq 0 ] && sections=(env tests stream mask vae kernels train e2e)
 
 run() {  # run NAME LIMIT_S CMD...: tee output to $OUT/NAME.log, keep going on failure
   local name=$1 limit=$2; shift 2
@@ -37,6 +37,7 @@ for section in "${sections[@]}"; do
     vae) run bench_vae 240 python3 -m liveedit_jax.bench vae ;;
     kernels) run bench_kernels 330 python3 -m kernels.bench --write-table "$OUT/measured_kernels.json" ;;
     train) run bench_train 540 python3 -m liveedit_jax.bench train --stage 3 --config liveedit-1.3b ;;
+    e2e) run bench_e2e 420 python3 -m liveedit_jax.bench e2e ;;
     *) echo "unknown section $section" ;;
   esac
 done
