@@ -37,29 +37,32 @@ def _converted(tmp_path, model, cfg):
   return jax.tree.map(jnp.asarray, params)
 
 
-def test_tiny_matches_diffusers(tmp_path):
-  cfg = DiTConfig.preset("tiny")
+def _reference_and_ours(tmp_path, cfg, b, f, h, w, text_rows, per_frame_t=False):
+  """A fresh random diffusers model, converted: (seed, inputs (x, t, ctx), params, our output, its output)."""
   seed = _seed()
   model = make_diffusers_dit(cfg, seed)
   params = _converted(tmp_path, model, cfg)
-  x, t, ctx = _inputs(cfg, np.random.default_rng(seed), b=2, f=3, h=6, w=10, text_rows=5)
-  err = rel_err(dit_forward(cfg, params, x, t, ctx), diffusers_dit_forward(model, x, t, ctx))
+  rng = np.random.default_rng(seed)
+  x, t, ctx = _inputs(cfg, rng, b=b, f=f, h=h, w=w, text_rows=text_rows)
+  if per_frame_t:
+    t = rng.uniform(0, 1000, size=(b, f)).astype(np.float32)
+  return seed, (x, t, ctx), params, dit_forward(cfg, params, x, t, ctx), diffusers_dit_forward(model, x, t, ctx)
+
+
+def test_tiny_matches_diffusers(tmp_path):
+  seed, _, _, ours, ref = _reference_and_ours(tmp_path, DiTConfig.preset("tiny"), b=2, f=3, h=6, w=10, text_rows=5)
+  err = rel_err(ours, ref)
   assert err <= FP32_RTOL, f"seed {seed}: relative error {err:.2e}"
 
 
 def test_per_frame_timesteps_match_diffusers_per_token(tmp_path):
   """diffusers accepts per-token timesteps [B, tokens]; per-frame t is that with each frame's tokens sharing t."""
   cfg = DiTConfig.preset("tiny")
-  seed = _seed()
-  model = make_diffusers_dit(cfg, seed)
-  params = _converted(tmp_path, model, cfg)
-  rng = np.random.default_rng(seed)
-  x, _, ctx = _inputs(cfg, rng, b=2, f=4, h=4, w=6, text_rows=7)
-  t = rng.uniform(0, 1000, size=(2, 4)).astype(np.float32)
-  ours = dit_forward(cfg, params, x, t, ctx)
-  err = rel_err(ours, diffusers_dit_forward(model, x, t, ctx))
+  seed, (x, t, ctx), params, ours, ref = _reference_and_ours(tmp_path, cfg, b=2, f=4, h=4, w=6, text_rows=7,
+                                                             per_frame_t=True)
+  err = rel_err(ours, ref)
   assert err <= FP32_RTOL, f"seed {seed}: relative error {err:.2e}"
-  # and per-frame t really changes the output per frame (frame 0 alone at t[:, 0] everywhere would differ)
+  # and per-frame t really changes the output per frame (frame 0's t everywhere would differ)
   uniform = dit_forward(cfg, params, x, t[:, 0], ctx)
   assert rel_err(uniform[:, 1:], ours[:, 1:]) > 1e-3
 
@@ -68,11 +71,8 @@ def test_per_frame_timesteps_match_diffusers_per_token(tmp_path):
 def test_real_widths_two_layers_match_diffusers(tmp_path):
   """The 1.3B widths (dim 1536, 12 heads × 128, ffn 8960, text 512 × 4096) with 2 layers on a small latent."""
   cfg = DiTConfig.preset("wan2.1-t2v-1.3b").replace(num_layers=2, name="converted")
-  seed = _seed()
-  model = make_diffusers_dit(cfg, seed)
-  params = _converted(tmp_path, model, cfg)
-  x, t, ctx = _inputs(cfg, np.random.default_rng(seed), b=1, f=2, h=4, w=6, text_rows=11)
-  err = rel_err(dit_forward(cfg, params, x, t, ctx), diffusers_dit_forward(model, x, t, ctx))
+  seed, _, _, ours, ref = _reference_and_ours(tmp_path, cfg, b=1, f=2, h=4, w=6, text_rows=11)
+  err = rel_err(ours, ref)
   assert err <= FP32_RTOL, f"seed {seed}: relative error {err:.2e}"
 
 
