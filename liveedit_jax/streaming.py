@@ -107,12 +107,15 @@ def init_stream(config: DiTConfig, params: Params, context: jax.Array, *, latent
                      tokens, options, (latent_height, latent_width), first_chunk=mc.enabled)
 
 
-def stream_forward(config: DiTConfig, params: Params, state: StreamState, x: jax.Array, t: jax.Array,
-                   routing: tuple[jax.Array, Any] | None = None):
-  """One DiT forward of the current chunk against the cache (which it does not modify).
+def chunk_forward(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Array], kv: KVCache,
+                  frame_index: jax.Array, x: jax.Array, t: jax.Array,
+                  routing: tuple[jax.Array, Any, MaskCacheConfig] | None = None):
+  """One DiT forward of a chunk against a KV cache (which it does not modify).
 
-  x: [B, c, H, W, C_in] (noisy ‖ source for editing); t: [B] timesteps.
-  routing: for the mask cache, (active token indices [B, c·A], this step's token-cache entries (out, k, v)).
+  text_kv: each [L, B, text_len, N, E]; kv: the cache of earlier chunks; frame_index: int32 [], the chunk's first
+  RoPE frame position; x: [B, c, H, W, C_in] (noisy ‖ source for editing); t: [B] timesteps.
+  routing: for the mask cache, (active token indices [B, c·A], this step's token-cache entries (out, k, v), the
+    mask-cache options).
   Returns (flow [B, c, H, W, latent_channels] float32, the chunk's (k, v), each [L, B, c·P, N, E], and with
   routing the updated token-cache entries, else None).
   """
@@ -120,8 +123,8 @@ def stream_forward(config: DiTConfig, params: Params, state: StreamState, x: jax
   _, ph, pw = config.patch_size
   h, w = hh // ph, ww // pw
   tokens, e, e0 = embed_latents(config, params, x, jnp.broadcast_to(t[:, None], (b, c)))
-  cos, sin = frame_rope(config, state.frame_index + jnp.arange(c, dtype=jnp.int32), h, w)
-  kv_length = jnp.full((b,), tokens.shape[1] * tokens.shape[2], jnp.int32) + state.kv.length
+  cos, sin = frame_rope(config, frame_index + jnp.arange(c, dtype=jnp.int32), h, w)
+  kv_length = jnp.full((b,), tokens.shape[1] * tokens.shape[2], jnp.int32) + kv.length
   impl = config.attention
 
   def attend(q, k, v, layer_cache):
@@ -131,15 +134,26 @@ def stream_forward(config: DiTConfig, params: Params, state: StreamState, x: jax
                   impl=impl)
     return o, (k, v)
 
-  text_kv, kv_state = (state.text_k, state.text_v), (state.kv.k, state.kv.v)
   if routing is None:
-    tokens, chunk_kv = run_blocks(config, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl, kv_state)
+    tokens, chunk_kv = run_blocks(config, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl,
+                                  (kv.k, kv.v))
     return output_head(config, params, tokens, e, h, w), chunk_kv, None
-  active, entries = routing
-  block_fn = functools.partial(routed_block, options=state.options.mask_cache, tokens=active)
+  active, entries, options = routing
+  block_fn = functools.partial(routed_block, options=options, tokens=active)
   tokens, (chunk_kv, entries) = run_blocks(config, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl,
-                                           (kv_state, entries), block_fn)
+                                           ((kv.k, kv.v), entries), block_fn)
   return output_head(config, params, tokens, e, h, w), chunk_kv, entries
+
+
+def stream_forward(config: DiTConfig, params: Params, state: StreamState, x: jax.Array, t: jax.Array,
+                   routing: tuple[jax.Array, Any] | None = None):
+  """`chunk_forward` for the stream's next chunk: its cache, text K/V, position and mask-cache options.
+
+  routing: (active token indices [B, c·A], this step's token-cache entries) when the mask cache is on.
+  """
+  if routing is not None:
+    routing = (*routing, state.options.mask_cache)
+  return chunk_forward(config, params, (state.text_k, state.text_v), state.kv, state.frame_index, x, t, routing)
 
 
 def advance(config: DiTConfig, state: StreamState, chunk_kv: tuple[jax.Array, jax.Array]) -> StreamState:

@@ -13,7 +13,8 @@ from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, x0_from_flow
 from tests.numerics import FP32_RTOL, rel_err
 from train.configs import TrainConfig
 from train.losses import dmd_generator_loss, dmd_objective, drop_text, predict_x0
-from train.rollout import _chunk_forward, exit_forward, rollout
+from liveedit_jax.streaming import chunk_forward
+from train.rollout import exit_forward, rollout
 from train.step import RNG_IMPL
 
 CFG = TrainConfig.preset("tiny", 3)
@@ -128,8 +129,8 @@ def test_rollout_equals_teacher_forcing_and_exit_forward_its_gradient():
       sl = slice(c * CHUNK, (c + 1) * CHUNK)
       cache = roll.kv.replace(length=jnp.int32(c * CHUNK * (H // 2) * (W // 2)))  # the chunks before c
       x = roll.exit_inputs[:, sl]
-      flow, _ = _chunk_forward(DIT, p, tkv, jax.lax.stop_gradient(cache), c * CHUNK,
-                               jnp.concatenate([x, batch["source"][:, sl]], -1), t)
+      flow, _, _ = chunk_forward(DIT, p, tkv, jax.lax.stop_gradient(cache), c * CHUNK,
+                                 jnp.concatenate([x, batch["source"][:, sl]], -1), t)
       total += jnp.sum(weights[:, sl] * x0_from_flow(x, flow, t / TRAIN_TIMESTEPS))
     return total
 

@@ -8,8 +8,8 @@ chunk's K/V from a forward on x̂0 at t = 0, as streaming inference does (`livee
 Gradients reach chunk c only through its exit-step forward: the earlier steps and the cached K/V are constants,
 while the exit forward's own K/V, its text K/V and its weights are differentiated (spec §8.9: the text K/V must
 keep their gradient). The rollout runs in two phases:
-  1. `rollout`: every forward without gradient, a `lax.scan` over chunks, each forward against a `KVCache` as in
-     `streaming.stream_forward`. It returns the samples, each chunk's exit-step input and the final cache.
+  1. `rollout`: every forward without gradient, a `lax.scan` over chunks, each forward against a `KVCache`
+     (`streaming.chunk_forward`, the streaming step's forward). It returns the samples, each chunk's exit-step input and the final cache.
   2. `exit_forward`: the exit-step forwards of all chunks at once, with gradient. Chunk c's queries attend to its
      own keys and to rows [0, c·chunk) of the final cache, which hold exactly the K/V that chunk c saw in phase 1.
 Phase 2 repeats the exit forwards (one forward over the clip) so that the backward pass keeps one cache alive, not
@@ -28,6 +28,7 @@ from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import Params, embed_latents, frame_rope, output_head, run_blocks
 from liveedit_jax.kv_cache import KVCache
 from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, x0_from_flow
+from liveedit_jax.streaming import chunk_forward
 
 
 class Rollout(NamedTuple):
@@ -48,30 +49,6 @@ def _unchunk(x: jax.Array) -> jax.Array:
   """[n, B, c, ...] → [B, n·c, ...]."""
   x = jnp.moveaxis(x, 0, 1)
   return x.reshape(x.shape[0], -1, *x.shape[3:])
-
-
-def _chunk_forward(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Array], kv: KVCache,
-                   first_frame: jax.Array, x: jax.Array, t: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  """One chunk x [B, c, H, W, C_in] at t [B] against the cache's valid rows, as `streaming.stream_forward` does.
-
-  Returns (flow [B, c, H, W, latent_channels] float32, the chunk's (k, v), each [L, B, c·P, N, E]).
-  """
-  b, c, hh, ww, _ = x.shape
-  _, ph, pw = config.patch_size
-  h, w = hh // ph, ww // pw
-  impl = config.attention
-  tokens, e, e0 = embed_latents(config, params, x, jnp.broadcast_to(t[:, None], (b, c)))
-  cos, sin = frame_rope(config, first_frame + jnp.arange(c, dtype=jnp.int32), h, w)
-  kv_length = jnp.full((b,), c * h * w, jnp.int32) + kv.length
-
-  def attend(q, k, v, layer_cache):
-    cached_k, cached_v = layer_cache
-    o = attention(q, jnp.concatenate([k, cached_k], 1), jnp.concatenate([v, cached_v], 1), kv_length=kv_length,
-                  impl=impl)
-    return o, (k, v)
-
-  tokens, chunk_kv = run_blocks(config, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl, (kv.k, kv.v))
-  return output_head(config, params, tokens, e, h, w), chunk_kv
 
 
 def rollout(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Array], source: jax.Array,
@@ -104,8 +81,8 @@ def rollout(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Arr
       refresh = k > exit_step
       t = jnp.where(refresh, 0.0, ts[jnp.minimum(k, steps - 1)])
       x_in = jnp.where(refresh, x0, x)
-      flow, chunk_kv = _chunk_forward(config, params, text_kv, kv, index * chunk_frames,
-                                      jnp.concatenate([x_in, src], -1), jnp.full((b,), t))
+      flow, chunk_kv, _ = chunk_forward(config, params, text_kv, kv, index * chunk_frames,
+                                        jnp.concatenate([x_in, src], -1), jnp.full((b,), t))
       pred = x0_from_flow(x_in, flow, t / TRAIN_TIMESTEPS)
       nxt = jnp.minimum(k + 1, steps - 1)
       renoised = add_noise(pred, eps[nxt], ts[nxt] / TRAIN_TIMESTEPS)
