@@ -82,6 +82,9 @@ class StreamState:
   first_chunk: bool = flax.struct.field(pytree_node=False, default=False)  # runs in full (mask cache only)
 
 
+_text_kv = jax.jit(text_kv_per_layer, static_argnums=0)  # once per prompt; compiled once per config and shape
+
+
 def init_stream(config: DiTConfig, params: Params, context: jax.Array, *, latent_height: int, latent_width: int,
                 options: StreamConfig = StreamConfig(), rng: jax.Array | None = None) -> StreamState:
   """A fresh stream for a prompt: empty KV cache, text K/V of every layer, position 0.
@@ -93,7 +96,7 @@ def init_stream(config: DiTConfig, params: Params, context: jax.Array, *, latent
     raise ValueError(f"latent size {latent_height}×{latent_width} is not divisible by the patch {config.patch_size}")
   if options.cache_frames + 2 * options.chunk_frames > config.rope_max_positions:
     raise ValueError(f"cache_frames + 2·chunk_frames must fit the RoPE table ({config.rope_max_positions})")
-  text_k, text_v = jax.jit(text_kv_per_layer, static_argnums=0)(config, params, context)
+  text_k, text_v = _text_kv(config, params, context)
   frame_tokens = (latent_height // ph) * (latent_width // pw)
   batch = context.shape[0]
   kv = KVCache.empty(config.num_layers, batch, options.cache_frames, frame_tokens, config.num_heads,
