@@ -46,6 +46,11 @@ def poisoned_outputs() -> Iterator[None]:
     _POISON[0] = False
 
 
+def outputs_poisoned() -> bool:
+  """Whether kernels are being traced inside `poisoned_outputs()`."""
+  return _POISON[0]
+
+
 def pallas_call(kernel: Callable[..., None], *, out_shape: Sequence[jax.ShapeDtypeStruct], interpret: bool,
                 compiler_params: Any, aliases: dict[int, int] | None = None, **kwargs: Any) -> Callable[..., Any]:
   """`pl.pallas_call` with NaN-filled aliased outputs under `poisoned_outputs()`.

@@ -3,6 +3,9 @@
 #
 #   scripts/gpu_check.sh [SECTION ...]     SECTION: env tests stream mask vae kernels train e2e (default: all)
 #
+#   scripts/gpu_check.sh hopper            the Mosaic GPU kernel alone: its GPU tests, then chunk-causal and teacher
+#                                          forcing against cuDNN
+#
 # Runs from the repository root with the device's own JAX (no install); optional wheels in .whl/ are installed
 # into /tmp/site first (see the device README). Each section has its own time limit so one slow section does not
 # lose the others' results.
@@ -35,6 +38,8 @@ for section in "${sections[@]}"; do
     mask) run bench_mask 570 python3 -m liveedit_jax.bench stream --cache-on self_attn ffn --static-kv recompute reuse \
             --prune 0 0.5 0.7 0.9 --chunks 8 ;;
     vae) run bench_vae 240 python3 -m liveedit_jax.bench vae ;;
+    hopper) run hopper_tests 300 python3 -m pytest -q -x -m gpu -p no:cacheprovider --tb=short tests/test_kernels_hopper.py
+            run bench_hopper 270 python3 -m kernels.bench --impls hopper,cudnn --only _ ;;
     kernels) run bench_kernels 330 python3 -m kernels.bench --write-table "$OUT/measured_kernels.json" ;;
     train) run bench_train 540 python3 -m liveedit_jax.bench train --stage 3 --config liveedit-1.3b ;;
     e2e) run bench_e2e 420 python3 -m liveedit_jax.bench e2e ;;

@@ -1,0 +1,561 @@
+"""Block-sparse flash attention for Hopper (sm90) in Pallas Mosaic GPU: wgmma, TMA, warp specialisation.
+
+    out = hopper_attention(q, k, v, AttentionMask("chunk_causal", 4680))      # q, k, v [B, T, N, E], bf16
+
+The masks of `kernels.flash_attention` (full, chunk_causal, teacher_forcing) with the FlashAttention-3 layout:
+
+  forward   CTA = 2 compute warpgroups × 64 query rows + 1 TMA warpgroup that streams [128, E] K and V tiles
+            through a ring of SMEM stages. QKᵀ and PV on wgmma, exp2 online softmax in fp32, the two compute
+            warpgroups alternating softmax and tensor-core work on a schedule barrier. Writes out and the
+            log2-domain LSE (m + log2 l of the scaled logits).
+  backward  one kernel. CTA = 2 compute warpgroups × 64 keys + 1 TMA warpgroup that streams Q, dO [64, E], LSE
+            and delta [64]. Each warpgroup keeps its dK, dV [64, E] in fp32 registers; per query tile it runs
+            Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV += Pᵀ dO, dK += dSᵀ Q, and writes dSᵀ to SMEM; then one warpgroup (they take
+            turns) runs dQ = dS K over the CTA's 128 keys and adds it to an fp32 dQ in HBM with a TMA reduce-add.
+            Five matmuls per tile pair, where a dQ pass plus a dK/dV pass needs seven.
+
+Both passes visit only the tiles the mask does not hide entirely: a CTA sees at most two runs of tiles of the
+other axis, computed in-kernel from the static mask (`_Geometry`); tiles cut by a mask edge (a chunk edge, the
+end of the sequence) are masked elementwise, all others run unmasked.
+
+Lengths need not be multiples of the tiles: the wrapper zero-pads (each half on its own for teacher forcing, so
+no tile holds clean and noisy rows) and slices back. Padding keys are seen by no row; padding rows belong to
+the last chunk and are dropped. Head dim: a multiple of 64, at most 128 (the backward keeps dK, dV and a dQ
+tile in registers). bf16 or fp16 inputs, fp32 statistics and accumulation.
+
+The Mosaic GPU interpreter (JAX ≥ 0.10, `interpret=True`) runs both kernels on CPU with two local substitutions
+it needs: wgmma into a fresh accumulator plus an add instead of accumulating in place (`pl.run_state`), and a
+read-add-write of the dQ tile instead of the TMA reduce-add; everything else (tile plans, masks, barriers, the
+pipelines) is the compiled code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from kernels import common
+from liveedit_jax.attention import FULL, AttentionMask
+
+_LOG2E = math.log2(math.e)
+_MASKED = -1e30  # a masked logit: finite, so a row whose first visited tile is all masked gets no NaN
+_COMPUTE_WGS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class HopperBlocks:
+  """Tiles of the two kernels. block_q: query rows per compute warpgroup (the forward CTA holds 2); block_kv: keys
+  per forward K/V tile; bwd_block_q: query rows per backward step (a backward CTA holds 2 × 64 keys); stages: SMEM
+  ring depth of the TMA warpgroup."""
+
+  block_q: int = 64
+  block_kv: int = 128
+  stages: int = 2
+  bwd_block_q: int = 64
+  bwd_stages: int = 2
+
+  def __post_init__(self):
+    for name in ("block_q", "block_kv", "bwd_block_q"):
+      if getattr(self, name) % 64:
+        raise ValueError(f"HopperBlocks.{name} must be a multiple of 64 (a wgmma tile), got {getattr(self, name)}")
+    if self.stages < 2 or self.bwd_stages < 2:
+      raise ValueError(f"HopperBlocks stages must be ≥ 2, got {self.stages}, {self.bwd_stages}")
+
+  @property
+  def multiple(self) -> int:
+    """Padded lengths (per half for teacher forcing) are multiples of this."""
+    return math.lcm(_COMPUTE_WGS * self.block_q, self.block_kv, _COMPUTE_WGS * 64, self.bwd_block_q)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Geometry:
+  """A static mask in the padded coordinates the kernels see. Every method takes int32 scalars or arrays.
+
+  Row r sees keys [0, hi0) ∪ [lo1, hi1) (`row_bounds`). chunk_causal: hi0 = min((c+1)·C, kv_len), c = r // C.
+  teacher_forcing, [clean ‖ pad ‖ noisy ‖ pad], each half `half_pad` long: clean chunk c sees [0, min((c+1)·C, L));
+  noisy chunk c sees [0, min(c·C, L)) and its own chunk [P + c·C, P + min((c+1)·C, L)), L = half length, P =
+  half_pad. Rows of one chunk share their bounds, so a tile of ≤ C rows holds at most two kinds of row, split at
+  `next_boundary`.
+  """
+
+  kind: str
+  chunk: int
+  q_len: int  # real rows (per half for teacher forcing)
+  kv_len: int  # real keys (per half for teacher forcing)
+  q_pad: int  # rows the kernels see (both halves for teacher forcing)
+  kv_pad: int
+  half_pad: int = 0
+
+  def row_bounds(self, r):
+    """(hi0, lo1, hi1) of rows r."""
+    zero = jnp.zeros_like(r)
+    if self.kind == "full":
+      return zero + self.kv_len, zero, zero
+    c_tok = self.chunk
+    if self.kind == "chunk_causal":
+      return jnp.minimum((r // c_tok + 1) * c_tok, self.kv_len), zero, zero
+    p, n = self.half_pad, self.kv_len
+    noisy = r >= p
+    c = (r - jnp.where(noisy, p, 0)) // c_tok
+    start, stop = jnp.minimum(c * c_tok, n), jnp.minimum((c + 1) * c_tok, n)
+    return jnp.where(noisy, start, stop), jnp.where(noisy, p + start, 0), jnp.where(noisy, p + stop, 0)
+
+  def next_boundary(self, r):
+    """The first row after r whose bounds may differ from r's."""
+    if self.kind == "full":
+      return jnp.full_like(r, 2 ** 30)
+    if self.kind == "chunk_causal":
+      return (r // self.chunk + 1) * self.chunk
+    base = jnp.where(r >= self.half_pad, self.half_pad, 0)
+    return base + ((r - base) // self.chunk + 1) * self.chunk
+
+  def visible(self, rows, keys, first_row):
+    """Bool array: rows see keys (int arrays of one shape) in a tile of ≤ C rows starting at `first_row`."""
+    late = (rows >= self.next_boundary(first_row)).astype(jnp.int32)  # 0/1, arithmetic rather than a select
+    early_bounds, late_bounds = self.row_bounds(first_row), self.row_bounds(self.next_boundary(first_row))
+    hi0, lo1, hi1 = (a + late * (z - a) for a, z in zip(early_bounds, late_bounds))
+    return (keys < hi0) | ((keys >= lo1) & (keys < hi1))
+
+  def tile_is_full(self, r0, r1, k0, k1):
+    """Whether every row in [r0, r1) sees every key in [k0, k1) (bounds are monotone within a half)."""
+    first, last = self.row_bounds(r0), self.row_bounds(r1 - 1)
+    return (k1 <= first[0]) | ((k0 >= last[1]) & (k1 <= first[2]))
+
+  def kv_runs(self, r0, r1, block):
+    """Key tiles seen by rows [r0, r1) as two runs: tiles [0, n0) and [a1, a1 + n1)."""
+    first, last = self.row_bounds(r0), self.row_bounds(r1 - 1)
+    n0 = pl.cdiv(last[0], block)
+    a1 = first[1] // block
+    n1 = jnp.where(last[2] > first[1], pl.cdiv(last[2], block) - a1, 0)
+    return n0, a1, n1
+
+  def q_runs(self, k0, k1, block):
+    """Query tiles that see some key in [k0, k1), as two runs: tiles [a0, a0 + n0) and [a1, a1 + n1)."""
+    n_tiles = self.q_pad // block
+    c_tok = self.chunk
+    zero = jnp.zeros_like(k0)
+    if self.kind == "full":
+      return zero, jnp.where(k0 < self.kv_len, n_tiles, 0), zero, zero
+    if self.kind == "chunk_causal":
+      a0 = (k0 // c_tok) * c_tok // block
+      return a0, jnp.where(k0 < self.kv_len, n_tiles - a0, 0), zero, zero
+    p, n, half_tiles = self.half_pad, self.kv_len, self.half_pad // block
+    # clean keys: clean rows from the key's chunk on; noisy rows of later chunks
+    clean_a0 = (k0 // c_tok) * c_tok // block
+    clean_a1 = jnp.minimum(p + (k0 // c_tok + 1) * c_tok, 2 * p) // block
+    # noisy keys: noisy rows of the chunks the keys belong to
+    j0, j1 = k0 - p, jnp.minimum(k1 - p, n)
+    noisy_a0 = (p + (j0 // c_tok) * c_tok) // block
+    noisy_end = pl.cdiv(p + jnp.minimum(((j1 - 1) // c_tok + 1) * c_tok, p), block)
+    is_clean = k0 < p
+    valid = jnp.where(is_clean, k0 < n, j0 < n)
+    a0 = jnp.where(is_clean, clean_a0, noisy_a0)
+    n0 = jnp.where(valid, jnp.where(is_clean, half_tiles - clean_a0, noisy_end - noisy_a0), 0)
+    n1 = jnp.where(valid & is_clean, 2 * half_tiles - clean_a1, 0)
+    return a0, n0, clean_a1, n1
+
+
+def geometry(mask: AttentionMask, q_len: int, kv_len: int, multiple: int) -> _Geometry:
+  """The padded geometry of `mask` over q_len × kv_len (teacher forcing: q_len = kv_len = 2 × half)."""
+  if mask.kind == "full":
+    return _Geometry("full", 0, q_len, kv_len, common.round_up(q_len, multiple), common.round_up(kv_len, multiple))
+  if q_len != kv_len:
+    raise ValueError(f"mask {mask.kind!r} needs equal query and key lengths, got {q_len} and {kv_len}")
+  if mask.kind == "chunk_causal":
+    pad = common.round_up(q_len, multiple)
+    return _Geometry("chunk_causal", mask.chunk_tokens, q_len, kv_len, pad, pad)
+  if q_len % 2:
+    raise ValueError(f"teacher forcing needs an even sequence [clean ‖ noisy], got length {q_len}")
+  half = q_len // 2
+  half_pad = common.round_up(half, multiple)
+  return _Geometry("teacher_forcing", mask.chunk_tokens, half, half, 2 * half_pad, 2 * half_pad, half_pad)
+
+
+def _to_padded(geo: _Geometry, x: jax.Array, padded: int) -> jax.Array:
+  """x [B, T, ...] in the kernels' padded layout [B, padded, ...]."""
+  if geo.kind != "teacher_forcing":
+    return common.pad_axis(x, 1, padded)
+  half = x.shape[1] // 2
+  return jnp.concatenate([common.pad_axis(x[:, :half], 1, geo.half_pad),
+                          common.pad_axis(x[:, half:], 1, geo.half_pad)], axis=1)
+
+
+def _from_padded(geo: _Geometry, x: jax.Array, length: int) -> jax.Array:
+  if geo.kind != "teacher_forcing":
+    return x[:, :length]
+  half = length // 2
+  return jnp.concatenate([x[:, :half], x[:, geo.half_pad:geo.half_pad + half]], axis=1)
+
+
+def _mma(acc: jax.Array, a, b, interpret: bool) -> jax.Array:
+  """acc + a @ b on the tensor cores (acc: fp32 in the wgmma register layout)."""
+  if interpret:  # the interpreter has no run_state: a fresh accumulator plus an add
+    def fresh(ref):
+      plgpu.wgmma(ref, a, b)
+      return ref[...]
+    return acc + pl.run_scoped(fresh, plgpu.ACC(acc.shape, jnp.float32))
+
+  def accumulate(ref):
+    plgpu.wgmma(ref, a, b)
+  return pl.run_state(accumulate)(plgpu.ACC.init(acc))
+
+
+def _swizzled(shape, dtype) -> plgpu.SMEM:
+  """An SMEM tile in the wgmma operand layout (8 × 64 tiles, 128-byte swizzle)."""
+  return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128)))
+
+
+def _in_layout(x: jax.Array, layout, interpret: bool) -> jax.Array:
+  """x with a register layout hint (the interpreter has no rule for the hint and needs none)."""
+  return x if interpret else plgpu.layout_cast(x, layout)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  geo: _Geometry
+  blocks: HopperBlocks
+  interpret: bool
+
+
+def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
+  geo, bs = st.geo, st.blocks
+  bq, bkv, stages = bs.block_q, bs.block_kv, bs.stages
+  scale = head_dim ** -0.5 * _LOG2E
+
+  def body(q_ref, k_ref, v_ref, o_ref, lse_ref, qo_smem, k_smem, v_smem, lse_smem, q_bar, k_bar, v_bar, k_free,
+           v_free, sched):
+    b, h, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
+    cta_row = (n_q_ctas - 1 - lax.axis_index("q")) * (_COMPUTE_WGS * bq)  # heaviest tiles first
+    n0, a1, n1 = geo.kv_runs(cta_row, cta_row + _COMPUTE_WGS * bq, bkv)
+    n_steps = n0 + n1
+
+    def kv_tile(s):
+      return jnp.where(s < n0, s, a1 + s - n0)
+
+    def schedule_barrier():
+      plgpu.barrier_arrive(sched)
+      plgpu.barrier_wait(sched)
+
+    @pl.when(wg < _COMPUTE_WGS)
+    def _compute():
+      plgpu.set_max_registers(232, action="increase")
+      row = cta_row + wg * bq
+      q_smem = qo_smem.at[wg]
+      plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(row, bq), h], q_smem, q_bar.at[wg])
+      plgpu.barrier_wait(q_bar.at[wg])
+      rows = row + _in_layout(lax.broadcasted_iota(jnp.int32, (bq, bkv), 0), plgpu.Layout.WGMMA, st.interpret)
+      cols = _in_layout(lax.broadcasted_iota(jnp.int32, (bq, bkv), 1), plgpu.Layout.WGMMA, st.interpret)
+
+      def step(s, carry):
+        acc, m, l = carry
+        slot = lax.rem(s, stages)
+        key0 = kv_tile(s) * bkv
+        plgpu.barrier_wait(k_bar.at[slot])
+
+        def qk(ref):
+          plgpu.wgmma(ref, q_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
+          schedule_barrier()
+          return ref[...]
+
+        logits = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))
+        plgpu.barrier_arrive(k_free.at[slot])
+        logits = logits * scale
+        logits = lax.cond(geo.tile_is_full(row, row + bq, key0, key0 + bkv), lambda x: x,
+                          lambda x: jnp.where(geo.visible(rows, key0 + cols, row), x, _MASKED), logits)
+        m_new = jnp.maximum(m, logits.max(axis=1))
+        alpha = jnp.exp2(m - m_new)
+        p = jnp.exp2(logits - lax.broadcast_in_dim(m_new, logits.shape, [0]))
+        acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+        l = l * alpha + p.sum(axis=1)
+        p16 = p.astype(dtype)
+        acc, l, m_new, p16 = lax.optimization_barrier((acc, l, m_new, p16))
+        plgpu.barrier_arrive(sched)  # softmax done: the other warpgroup may use the tensor cores
+        plgpu.barrier_wait(v_bar.at[slot])
+        plgpu.barrier_wait(sched)
+        acc = _mma(acc, p16, v_smem.at[slot], st.interpret)
+        plgpu.barrier_arrive(v_free.at[slot])
+        return acc, m_new, l
+
+      row_vector = plgpu.Layout.WGMMA.reduce(1)
+      carry = (_in_layout(jnp.zeros((bq, head_dim), jnp.float32), plgpu.Layout.WGMMA, st.interpret),
+               _in_layout(jnp.full((bq,), -jnp.inf, jnp.float32), row_vector, st.interpret),
+               _in_layout(jnp.zeros((bq,), jnp.float32), row_vector, st.interpret))
+      pl.when(wg == 1)(schedule_barrier)
+      acc, m, l = lax.fori_loop(0, n_steps, step, carry)
+      pl.when(wg == 0)(schedule_barrier)
+      q_smem[...] = (acc / lax.broadcast_in_dim(l, acc.shape, [0])).astype(dtype)
+      lse_smem.at[wg][...] = m + jnp.log2(l)
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(q_smem, o_ref.at[b, pl.ds(row, bq), h])
+      plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(row, bq)])
+      plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == _COMPUTE_WGS)
+    def _memory():
+      plgpu.set_max_registers(40, action="decrease")
+
+      def load(s, slot):
+        keys = (b, pl.ds(kv_tile(s) * bkv, bkv), h)
+        plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem.at[slot], k_bar.at[slot])
+        plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem.at[slot], v_bar.at[slot])
+
+      for s in range(stages):
+        pl.when(s < n_steps)(functools.partial(load, s, s))
+
+      @pl.loop(stages, n_steps)
+      def _(s):
+        slot = lax.rem(s, stages)
+        plgpu.barrier_wait(k_free.at[slot])
+        plgpu.barrier_wait(v_free.at[slot])
+        load(s, slot)
+
+  def entry(q_ref, k_ref, v_ref, o_ref, lse_ref):
+    scratch = (_swizzled((_COMPUTE_WGS, bq, head_dim), dtype), _swizzled((stages, bkv, head_dim), dtype),
+               _swizzled((stages, bkv, head_dim), dtype), plgpu.SMEM((_COMPUTE_WGS, bq), jnp.float32))
+    barriers = (plgpu.Barrier(num_barriers=_COMPUTE_WGS), plgpu.Barrier(num_barriers=stages),
+                plgpu.Barrier(num_barriers=stages),
+                plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
+                plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
+                plgpu.Barrier(num_arrivals=_COMPUTE_WGS))
+    pl.run_scoped(lambda *refs: body(q_ref, k_ref, v_ref, o_ref, lse_ref, *refs), *scratch, *barriers,
+                  collective_axes="wg")
+
+  return entry
+
+
+def _backward_kernel(st: _Static, dtype, head_dim: int):
+  geo, bs = st.geo, st.blocks
+  bq, stages, bkv = bs.bwd_block_q, bs.bwd_stages, 64  # bkv: keys per compute warpgroup
+  scale = head_dim ** -0.5 * _LOG2E
+
+  def body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref, k_smem, v_smem, q_smem,
+           do_smem, lse_smem, delta_smem, ds_smem, dq_smem, kv_bar, q_bar, do_bar, lse_bar, delta_bar, q_free,
+           ds_ready, done):
+    b, h, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
+    cta_key = lax.axis_index("kv") * (_COMPUTE_WGS * bkv)
+    a0, n0, a1, n1 = geo.q_runs(cta_key, cta_key + _COMPUTE_WGS * bkv, bq)
+    n_steps = n0 + n1
+
+    def q_tile(s):
+      return jnp.where(s < n0, a0 + s, a1 + s - n0)
+
+    @pl.when(wg < _COMPUTE_WGS)
+    def _compute():
+      plgpu.set_max_registers(232, action="increase")
+      key = cta_key + wg * bkv
+      my_k = k_smem.at[wg]
+      my_v = v_smem.at[wg]
+      plgpu.copy_gmem_to_smem(k_ref.at[b, pl.ds(key, bkv), h], my_k, kv_bar.at[wg])
+      plgpu.barrier_wait(kv_bar.at[wg])
+      plgpu.copy_gmem_to_smem(v_ref.at[b, pl.ds(key, bkv), h], my_v, kv_bar.at[wg])
+      plgpu.barrier_wait(kv_bar.at[wg])
+      keys = key + _in_layout(lax.broadcasted_iota(jnp.int32, (bkv, bq), 0), plgpu.Layout.WGMMA, st.interpret)
+      cols = _in_layout(lax.broadcasted_iota(jnp.int32, (bkv, bq), 1), plgpu.Layout.WGMMA, st.interpret)
+
+      def step(s, carry):
+        dk, dv = carry
+        slot = lax.rem(s, stages)
+        row = q_tile(s) * bq
+        plgpu.barrier_wait(q_bar.at[slot])
+        plgpu.barrier_wait(do_bar.at[slot])
+
+        def scores(refs):
+          st_ref, dpt_ref = refs
+          plgpu.wgmma(st_ref, my_k, plgpu.transpose_ref(q_smem.at[slot], (1, 0)))
+          plgpu.wgmma(dpt_ref, my_v, plgpu.transpose_ref(do_smem.at[slot], (1, 0)))
+          return st_ref[...], dpt_ref[...]
+
+        s_t, dp_t = pl.run_scoped(scores, (plgpu.ACC((bkv, bq), jnp.float32),) * 2)
+        plgpu.barrier_wait(lse_bar.at[slot])
+        plgpu.barrier_wait(delta_bar.at[slot])
+        lse = plgpu.load(lse_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
+        delta = plgpu.load(delta_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
+        p_t = jnp.exp2(s_t * scale - lax.broadcast_in_dim(lse, s_t.shape, [1]))
+        p_t = lax.cond(geo.tile_is_full(row, row + bq, key, key + bkv), lambda x: x,
+                       lambda x: jnp.where(geo.visible(row + cols, keys, row), x, 0.0), p_t)
+        ds_t = p_t * (dp_t - lax.broadcast_in_dim(delta, dp_t.shape, [1]))
+        ds16 = ds_t.astype(dtype)
+        dv = _mma(dv, p_t.astype(dtype), do_smem.at[slot], st.interpret)
+        dk = _mma(dk, ds16, q_smem.at[slot], st.interpret)
+        plgpu.barrier_arrive(q_free.at[slot])
+        ds_slot = lax.rem(s, 2)
+        ds_smem.at[ds_slot, wg][...] = ds16
+        plgpu.commit_smem()
+        plgpu.barrier_arrive(ds_ready.at[ds_slot])
+
+        @pl.when(ds_slot == wg)
+        def _dq():
+          plgpu.barrier_wait(ds_ready.at[ds_slot])
+
+          def dq_tile(ref):  # dS [bq, 128 keys] K [128 keys, E], as the two warpgroups' 64-key halves
+            for half in range(_COMPUTE_WGS):
+              plgpu.wgmma(ref, plgpu.transpose_ref(ds_smem.at[ds_slot, half], (1, 0)), k_smem.at[half])
+            return ref[...]
+
+          dq = pl.run_scoped(dq_tile, plgpu.ACC((bq, head_dim), jnp.float32))
+          plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # this warpgroup's previous reduce-add has read dq_smem
+          dq_smem.at[wg][...] = dq
+          plgpu.commit_smem()
+          _add_to_gmem(dq_smem.at[wg], dq_ref.at[b, pl.ds(row, bq), h], st.interpret)
+
+        return dk, dv
+
+      dk, dv = lax.fori_loop(0, n_steps, step, (_in_layout(jnp.zeros((bkv, head_dim), jnp.float32), plgpu.Layout.WGMMA, st.interpret),) * 2)
+      plgpu.barrier_arrive(done)  # both warpgroups are past their last dQ: K may be overwritten
+      plgpu.barrier_wait(done)
+      my_k[...] = (dk * (head_dim ** -0.5)).astype(dtype)
+      my_v[...] = dv.astype(dtype)
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(my_k, dk_ref.at[b, pl.ds(key, bkv), h])
+      plgpu.copy_smem_to_gmem(my_v, dv_ref.at[b, pl.ds(key, bkv), h])
+      plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == _COMPUTE_WGS)
+    def _memory():
+      plgpu.set_max_registers(40, action="decrease")
+
+      def load(s, slot):
+        rows = pl.ds(q_tile(s) * bq, bq)
+        plgpu.copy_gmem_to_smem(q_ref.at[b, rows, h], q_smem.at[slot], q_bar.at[slot])
+        plgpu.copy_gmem_to_smem(do_ref.at[b, rows, h], do_smem.at[slot], do_bar.at[slot])
+        plgpu.copy_gmem_to_smem(lse_ref.at[b, h, rows], lse_smem.at[slot], lse_bar.at[slot])
+        plgpu.copy_gmem_to_smem(delta_ref.at[b, h, rows], delta_smem.at[slot], delta_bar.at[slot])
+
+      for s in range(stages):
+        pl.when(s < n_steps)(functools.partial(load, s, s))
+
+      @pl.loop(stages, n_steps)
+      def _(s):
+        slot = lax.rem(s, stages)
+        plgpu.barrier_wait(q_free.at[slot])
+        load(s, slot)
+
+  def entry(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref):
+    scratch = (_swizzled((_COMPUTE_WGS, bkv, head_dim), dtype), _swizzled((_COMPUTE_WGS, bkv, head_dim), dtype),
+               _swizzled((stages, bq, head_dim), dtype), _swizzled((stages, bq, head_dim), dtype),
+               plgpu.SMEM((stages, bq), jnp.float32), plgpu.SMEM((stages, bq), jnp.float32),
+               _swizzled((2, _COMPUTE_WGS, bkv, bq), dtype),
+               plgpu.SMEM((_COMPUTE_WGS, bq, head_dim), jnp.float32))
+    barriers = (plgpu.Barrier(num_barriers=_COMPUTE_WGS),) + (plgpu.Barrier(num_barriers=stages),) * 4 + (
+        plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
+        plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=2), plgpu.Barrier(num_arrivals=_COMPUTE_WGS))
+    pl.run_scoped(lambda *refs: body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref, *refs),
+                  *scratch, *barriers, collective_axes="wg")
+
+  return entry
+
+
+def _add_to_gmem(src, dst, interpret: bool) -> None:
+  """dst += src (fp32 SMEM tile into HBM): a TMA reduce-add; the interpreter has none, so read, add and write."""
+  if not interpret:
+    plgpu.copy_smem_to_gmem(src, dst, reduction_op="add")
+    return
+
+  def read_add_write(tmp, bar):
+    plgpu.copy_gmem_to_smem(dst, tmp, bar)
+    plgpu.barrier_wait(bar)
+    tmp[...] = tmp[...] + src[...]
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(tmp, dst)
+    plgpu.wait_smem_to_gmem(0)
+
+  pl.run_scoped(read_add_write, plgpu.SMEM(src.shape, jnp.float32), plgpu.Barrier())
+
+
+def _kernel_call(entry, st: _Static, out_type, grid, grid_names, name):
+  """The kernel as f(*operands) -> outputs; under `common.poisoned_outputs()` the outputs start as NaN."""
+  interpret = False
+  if st.interpret:
+    from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams  # no public name yet
+    interpret = InterpretGPUParams()
+  # pl.kernel rather than plgpu.kernel: the latter's custom_vmap wrapper rejects a kernel that writes a Ref operand
+  mesh = plgpu.Mesh(grid=grid, grid_names=grid_names, num_threads=_COMPUTE_WGS + 1, thread_name="wg",
+                    kernel_name=name)
+  kernel = functools.partial(pl.kernel, entry, mesh=mesh, compiler_params=plgpu.CompilerParams(approx_math=True),
+                             interpret=interpret)
+  if not common.outputs_poisoned():
+    return kernel(out_type=out_type)
+
+  def call(*operands):  # outputs as NaN-filled refs after the operands: the kernel sees the same argument list
+    outs = [jax.new_ref(jnp.full(o.shape, jnp.nan, o.dtype)) for o in out_type]
+    kernel(out_type=())(*operands, *outs)
+    return tuple(o[...] for o in outs)
+
+  return call
+
+
+def _forward(qp, kp, vp, st: _Static):
+  """Padded q, k, v → padded out [B, Tp, N, E] and the log2-domain LSE [B, N, Tp]."""
+  b, t, n, e = qp.shape
+  n_q_ctas = t // (_COMPUTE_WGS * st.blocks.block_q)
+  out_type = (jax.ShapeDtypeStruct(qp.shape, qp.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32))
+  call = _kernel_call(_forward_kernel(st, qp.dtype, e, n_q_ctas), st, out_type, (n, n_q_ctas, b),
+                      ("heads", "q", "batch"), "hopper_attention_fwd")
+  return call(qp, kp, vp)
+
+
+def _backward(qp, kp, vp, op, lse, dop, st: _Static):
+  b, t, n, e = qp.shape
+  delta = jnp.einsum("btne,btne->bnt", op.astype(jnp.float32), dop.astype(jnp.float32))
+  dq_acc = jax.new_ref(jnp.zeros(qp.shape, jnp.float32))
+  out_type = (jax.ShapeDtypeStruct(kp.shape, kp.dtype),) * 2
+  n_kv_ctas = kp.shape[1] // (_COMPUTE_WGS * 64)
+  call = _kernel_call(_backward_kernel(st, qp.dtype, e), st, out_type, (n, n_kv_ctas, b), ("heads", "kv", "batch"),
+                      "hopper_attention_bwd")
+  dk, dv = call(qp, kp, vp, dop, lse, delta, dq_acc)
+  dq = (dq_acc[...] * e ** -0.5).astype(qp.dtype)
+  return dq, dk, dv
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attention(q, k, v, st: _Static):
+  return _attention_fwd(q, k, v, st)[0]
+
+
+def _attention_fwd(q, k, v, st: _Static):
+  geo = st.geo
+  qp, kp, vp = _to_padded(geo, q, geo.q_pad), _to_padded(geo, k, geo.kv_pad), _to_padded(geo, v, geo.kv_pad)
+  op, lse = _forward(qp, kp, vp, st)
+  return _from_padded(geo, op, q.shape[1]), (qp, kp, vp, op, lse)
+
+
+def _attention_bwd(st: _Static, res, d_out):
+  qp, kp, vp, op, lse = res
+  geo = st.geo
+  dq, dk, dv = _backward(qp, kp, vp, op, lse, _to_padded(geo, d_out.astype(qp.dtype), geo.q_pad), st)
+  q_len = 2 * geo.q_len if geo.kind == "teacher_forcing" else geo.q_len
+  kv_len = 2 * geo.kv_len if geo.kind == "teacher_forcing" else geo.kv_len
+  return _from_padded(geo, dq, q_len), _from_padded(geo, dk, kv_len), _from_padded(geo, dv, kv_len)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def hopper_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask = FULL, *,
+                     blocks: HopperBlocks | None = None, interpret: bool | None = None) -> jax.Array:
+  """Attention of q [B, T, N, E] over k, v [B, S, N, E] under `mask`, scale 1/√E; [B, T, N, E] in q's dtype.
+
+  Differentiable in q, k, v. interpret: run in the Mosaic GPU interpreter (default: off a GPU).
+  """
+  blocks = blocks or HopperBlocks()
+  if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+    raise ValueError(f"hopper_attention expects q [B, T, N, E] and k, v [B, S, N, E]; got q {q.shape}, "
+                     f"k {k.shape}, v {v.shape}")
+  if q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
+    raise ValueError(f"hopper_attention needs bf16 or fp16 q, k, v of one dtype, got {q.dtype}, {k.dtype}, "
+                     f"{v.dtype}")
+  e = q.shape[-1]
+  if e % 64 or e > 128:
+    raise ValueError(f"hopper_attention needs a head dim of 64 or 128, got {e}")
+  if mask.kind != "full" and mask.chunk_tokens < max(blocks.block_q, blocks.bwd_block_q, 64):
+    raise ValueError(f"hopper_attention needs chunks of ≥ {max(blocks.block_q, blocks.bwd_block_q, 64)} tokens "
+                     f"(a tile holds at most one chunk edge), got {mask.chunk_tokens}")
+  geo = geometry(mask, q.shape[1], k.shape[1], blocks.multiple)
+  return _attention(q, k, v, _Static(geo, blocks, common.interpret_default() if interpret is None else interpret))
