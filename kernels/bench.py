@@ -5,6 +5,9 @@
     python -m kernels.bench --sweep                                  # and a block-size sweep (chunk-causal)
     python -m kernels.bench --interpret --small                      # CPU smoke test: interpret mode, tiny shapes
 
+Implementations: ours ("hopper": kernels.hopper_attention, sm90 only; "triton": kernels.flash_attention) beside
+cuDNN, tokamax and XLA; `--impls hopper,cudnn` runs a subset.
+
 Shapes (B = 1, 12 heads, head dim 128, bf16; one chunk C = 4,680 tokens = 3 latent frames at 480×832):
 chunk-causal at 32,760 tokens and teacher forcing at 65,520, forward and forward+backward; a streaming chunk of
 4,680 queries against 14,040 and 32,760 keys, and against a 32,760-key buffer with 14,040 valid; text
@@ -34,7 +37,7 @@ import jax.numpy as jnp
 
 from kernels import adaln, dispatch, mask_tiles
 from kernels.flash_attention import SMALL_BLOCKS, BlockSizes, flash_attention
-from kernels.hopper_attention import hopper_attention
+from kernels.hopper_attention import HopperBlocks, hopper_attention
 from kernels.routed_attention import routed_attention, routed_attention_reference
 from liveedit_jax.attention import FULL, AttentionMask, attention
 from liveedit_jax.bench.timing import time_call
@@ -228,6 +231,9 @@ SWEEP = [
 ]
 
 
+HOPPER_SWEEP = [HopperBlocks(block_kv=64, stages=4)]  # slower on the H200 (docs/benchmarks.md); for other GPUs
+
+
 def table(all_results: dict[str, dict[str, dict]]) -> str:
   impls = [*OURS, *BASELINES]
   lines = [f"{'case':28s}" + "".join(f"{i:>22s}" for i in impls) + f"{'ours vs best':>16s}"]
@@ -317,10 +323,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
         fns = {impl: fn for impl, fn in fns.items() if impl in args.impls.split(",")}
       all_results[case.name] = run_case(case, fns, call_args, args.iters, emit)
       if args.sweep and case.mask.kind == "chunk_causal":
-        for j, sweep_blocks in enumerate(SWEEP):
-          sweep = {f"triton sweep {j} {sweep_blocks}": attention_fns(case, kv_length, args.interpret,
-                                                                      sweep_blocks)["triton"]}
-          run_case(case, sweep, call_args, args.iters, emit)
+        sweep = {f"triton sweep {j} {b}": attention_fns(case, kv_length, args.interpret, b)["triton"]
+                 for j, b in enumerate(SWEEP)}
+        sweep.update({f"hopper sweep {j} {b}": (lambda b=b: lambda q, k, v: hopper_attention(q, k, v, case.mask,
+                                                                                             blocks=b))
+                      for j, b in enumerate(HOPPER_SWEEP)})
+        if args.impls:
+          sweep = {name: fn for name, fn in sweep.items() if name.split()[0] in args.impls.split(",")}
+        run_case(case, sweep, call_args, args.iters, emit)
       del call_args
     except Exception as e:  # noqa: BLE001
       emit({"case": case.name, "error": f"{type(e).__name__}: {e}"})

@@ -5,10 +5,14 @@
     cfg = DiTConfig.preset("liveedit-1.3b", attention="pallas")
 
 A hand-written kernel earns its place only where it beats what JAX already has, so the choice is data: a table of
-measured milliseconds per case and implementation (`measured_h100.json`, written by
-`python -m kernels.bench --write-table`), and `Policy.choose` takes the fastest measured implementation that can run
-the call. An implementation without a measurement is never preferred over one with a measurement; with none
-measured, cuDNN (half precision) or XLA runs. Off GPU everything falls back to the XLA reference.
+measured milliseconds per case and implementation for this kind of GPU (`measured_h200.json` on an H200,
+`measured_h100.json` elsewhere; written by `python -m kernels.bench --write-table`), and `Policy.choose` takes the
+fastest measured implementation that can run the call. An implementation without a measurement is never preferred
+over one with a measurement; with none measured, cuDNN (half precision) or XLA runs. Off GPU everything falls back
+to the XLA reference.
+
+Implementations: "hopper" (kernels.hopper_attention, Mosaic GPU, sm90, static masks), "triton"
+(kernels.flash_attention), "cudnn", "xla".
 
 Cases (the attention calls the model makes):
   chunk_causal, teacher_forcing   training masks; ranked by forward+backward time
@@ -30,9 +34,12 @@ import jax
 import jax.numpy as jnp
 
 from kernels.flash_attention import flash_attention
+from kernels.hopper_attention import hopper_attention
 from liveedit_jax.attention import AttentionMask, attention, register_attention_impl
 
 TABLE = Path(__file__).with_name("measured_h100.json")
+TABLES = {"H200": Path(__file__).with_name("measured_h200.json"), "H100": TABLE}  # device-kind substring → table
+SM90 = ("H100", "H200", "H800", "H20", "GH200")
 CASES = ("chunk_causal", "teacher_forcing", "full", "full_kv_length", "cross", "routed", "adaln")
 CROSS_MAX_KEYS = 1024
 
@@ -67,9 +74,9 @@ _ACTIVE: list[Policy] = []
 
 
 def policy() -> Policy:
-  """The policy `enable` installed (the shipped table if `enable` was not called)."""
+  """The policy `enable` installed (this GPU's shipped table if `enable` was not called)."""
   if not _ACTIVE:
-    _ACTIVE.append(load_policy())
+    _ACTIVE.append(load_policy(table_for(jax.devices()[0].device_kind)))
   return _ACTIVE[0]
 
 
@@ -81,13 +88,17 @@ def case_of(mask: AttentionMask, kv_len: int, kv_length) -> str:
   return "cross" if kv_len <= CROSS_MAX_KEYS else "full"
 
 
-def _candidates(q: jax.Array) -> list[str]:
+def _candidates(q: jax.Array, mask: AttentionMask, kv_length, device_kind: str) -> list[str]:
   e = q.shape[-1]
   out = ["xla"]
-  if q.dtype in (jnp.bfloat16, jnp.float16):
+  half = q.dtype in (jnp.bfloat16, jnp.float16)
+  if half:
     out.append("cudnn")
   if e >= 16 and not e & (e - 1):
     out.append("triton")
+  if (half and any(name in device_kind for name in SM90) and e in (64, 128) and kv_length is None
+      and (mask.kind == "full" or mask.chunk_tokens >= 64)):
+    out.append("hopper")
   return out
 
 
@@ -95,16 +106,23 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMa
   """`liveedit_jax.attention.attention(..., impl="pallas")`: the policy's choice for this call."""
   if jax.default_backend() != "gpu":
     return attention(q, k, v, mask=mask, kv_length=kv_length, impl="xla")
-  candidates = _candidates(q)
+  candidates = _candidates(q, mask, kv_length, jax.devices()[0].device_kind)
   default = "cudnn" if "cudnn" in candidates else "xla"
   impl = policy().choose(case_of(mask, k.shape[1], kv_length), candidates, default)
   if impl == "triton":
     return flash_attention(q, k, v, mask, kv_length)
+  if impl == "hopper":
+    return hopper_attention(q, k, v, mask)
   return attention(q, k, v, mask=mask, kv_length=kv_length, impl=impl)
 
 
+def table_for(device_kind: str) -> Path:
+  """The shipped measurement table for a device kind (the H100 table when none matches)."""
+  return next((path for name, path in TABLES.items() if name in device_kind), TABLE)
+
+
 def enable(table: str | Path | None = None) -> Policy:
-  """Registers "pallas" with liveedit_jax.attention, ranking by `table` (default: the shipped H100 table)."""
-  _ACTIVE[:] = [load_policy(TABLE if table is None else table)]
+  """Registers "pallas" with liveedit_jax.attention, ranking by `table` (default: the shipped table of this GPU)."""
+  _ACTIVE[:] = [load_policy(table_for(jax.devices()[0].device_kind) if table is None else table)]
   register_attention_impl("pallas", pallas_attention)
   return _ACTIVE[0]

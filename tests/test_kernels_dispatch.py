@@ -38,6 +38,27 @@ def test_shipped_table_loads_and_ranks_cudnn_until_the_kernels_are_measured():
   assert dispatch.load_policy("/nonexistent/table.json").ms == {}
 
 
+def test_hopper_is_a_candidate_only_where_it_runs():
+  q16, q32 = jnp.zeros((1, 8, 2, 128), jnp.bfloat16), jnp.zeros((1, 8, 2, 128), jnp.float32)
+  cc = AttentionMask("chunk_causal", 4680)
+  h200 = "NVIDIA H200"
+  assert "hopper" in dispatch._candidates(q16, cc, None, h200)
+  assert "hopper" in dispatch._candidates(q16, attention_mod.FULL, None, "NVIDIA H100 80GB HBM3")
+  assert "hopper" not in dispatch._candidates(q32, cc, None, h200)  # fp32
+  assert "hopper" not in dispatch._candidates(q16, cc, None, "NVIDIA A100-SXM4-80GB")  # not sm90
+  assert "hopper" not in dispatch._candidates(q16, attention_mod.FULL, jnp.ones((1,), jnp.int32), h200)
+  assert "hopper" not in dispatch._candidates(q16, AttentionMask("chunk_causal", 40), None, h200)
+  assert "hopper" not in dispatch._candidates(q16[..., :96], cc, None, h200)
+
+
+def test_each_gpu_kind_gets_its_table():
+  assert dispatch.table_for("NVIDIA H200") == dispatch.TABLES["H200"]
+  assert dispatch.table_for("NVIDIA H100 80GB HBM3") == dispatch.TABLE
+  assert dispatch.table_for("cpu") == dispatch.TABLE
+  for path in dispatch.TABLES.values():
+    assert set(dispatch.load_policy(path).ms) <= set(dispatch.CASES)
+
+
 @pytest.mark.parametrize("mask, s, kv, case", [(AttentionMask("chunk_causal", 5), 20, False, "chunk_causal"),
                                                (AttentionMask("teacher_forcing", 5), 20, False, "teacher_forcing"),
                                                (attention_mod.FULL, 2000, False, "full"),

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import common
+from kernels import common, dispatch
 from kernels.flash_attention import flash_attention_reference
 from kernels.hopper_attention import HopperBlocks, geometry, hopper_attention
 from liveedit_jax.attention import FULL, AttentionMask, attention
@@ -94,8 +94,12 @@ def test_geometry_is_the_dense_mask(mask, q_len, kv_len):
   _check_pass(geo, dense, blocks.bwd_block_q, 64, 1, bwd_runs)
 
 
-def test_hopper_attention_rejects_bad_arguments():
+def test_hopper_attention_rejects_bad_arguments(monkeypatch):
   q = jnp.zeros((1, 256, 2, 128), jnp.bfloat16)
+  if jax.default_backend() != "gpu":
+    with pytest.raises(RuntimeError, match="sm90 GPU"):
+      hopper_attention(q, q, q)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # the argument checks come before any lowering
   with pytest.raises(ValueError, match="bf16 or fp16"):
     hopper_attention(q.astype(jnp.float32), q.astype(jnp.float32), q.astype(jnp.float32))
   with pytest.raises(ValueError, match="head dim"):
@@ -123,8 +127,7 @@ def _case(t, s, n, e):
 
 
 def _is_hopper() -> bool:
-  return jax.default_backend() == "gpu" and "H100" in jax.devices()[0].device_kind or "H200" in (
-      jax.devices()[0].device_kind)
+  return jax.default_backend() == "gpu" and any(name in jax.devices()[0].device_kind for name in dispatch.SM90)
 
 
 @pytest.mark.gpu
