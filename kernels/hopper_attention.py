@@ -215,6 +215,20 @@ def _swizzled(shape, dtype) -> plgpu.SMEM:
   return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128)))
 
 
+def _fill_ring(load, n_steps, stages: int, free_barriers) -> None:
+  """The TMA warpgroup's loop: load(step, slot) for steps [0, n_steps) into a ring of `stages` SMEM slots, refilling
+  a slot once every barrier of `free_barriers` (one per slot) says its consumers are done with it."""
+  for s in range(stages):
+    pl.when(s < n_steps)(functools.partial(load, s, s))
+
+  @pl.loop(stages, n_steps)
+  def _(s):
+    slot = lax.rem(s, stages)
+    for free in free_barriers:
+      plgpu.barrier_wait(free.at[slot])
+    load(s, slot)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Static:
   geo: _Geometry
@@ -305,15 +319,7 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
         plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem.at[slot], k_bar.at[slot])
         plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem.at[slot], v_bar.at[slot])
 
-      for s in range(stages):
-        pl.when(s < n_steps)(functools.partial(load, s, s))
-
-      @pl.loop(stages, n_steps)
-      def _(s):
-        slot = lax.rem(s, stages)
-        plgpu.barrier_wait(k_free.at[slot])
-        plgpu.barrier_wait(v_free.at[slot])
-        load(s, slot)
+      _fill_ring(load, n_steps, stages, (k_free, v_free))
 
   def entry(q_ref, k_ref, v_ref, o_ref, lse_ref):
     scratch = (_swizzled((_COMPUTE_WGS, bq, head_dim), dtype), _swizzled((stages, bkv, head_dim), dtype),
@@ -434,14 +440,7 @@ def _backward_kernel(st: _Static, dtype, head_dim: int):
         plgpu.copy_gmem_to_smem(lse_ref.at[b, h, rows], lse_smem.at[slot], lse_bar.at[slot])
         plgpu.copy_gmem_to_smem(delta_ref.at[b, h, rows], delta_smem.at[slot], delta_bar.at[slot])
 
-      for s in range(stages):
-        pl.when(s < n_steps)(functools.partial(load, s, s))
-
-      @pl.loop(stages, n_steps)
-      def _(s):
-        slot = lax.rem(s, stages)
-        plgpu.barrier_wait(q_free.at[slot])
-        load(s, slot)
+      _fill_ring(load, n_steps, stages, (q_free,))
 
   def entry(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref):
     scratch = (_swizzled((_COMPUTE_WGS, bkv, head_dim), dtype), _swizzled((_COMPUTE_WGS, bkv, head_dim), dtype),
