@@ -160,6 +160,23 @@ def config_json_beside(src: str | os.PathLike) -> dict[str, Any] | None:
     raise CheckpointError(f"{path}: not valid JSON: {err}") from err
 
 
+def layout_config(src: str | os.PathLike, layout: str, preset: str | None, config_cls, wan_preset: str,
+                  from_config_json: Callable[[dict[str, Any]], Any], model: str):
+  """A converter's config: --preset when given; Wan's layout (no config file) is always `wan_preset`; a Hugging Face
+  layout (`layout` names it in the error) reads the config.json beside src through `from_config_json`."""
+  if preset is not None:
+    return config_cls.preset(preset)
+  if layout == "wan":
+    return config_cls.preset(wan_preset)
+  fields = config_json_beside(src)
+  if fields is None:
+    raise CheckpointError(f"{src}: the {layout} layout needs its config.json beside it; or pass --preset")
+  try:
+    return from_config_json(fields)
+  except (KeyError, ValueError) as err:
+    raise CheckpointError(f"{src}: config.json is not a usable {model} config: {err!r}") from err
+
+
 def find_weights_file(directory: Path) -> Path:
   """The weights file of a model directory: a safetensors index, a single safetensors file or one pickle."""
   for pattern in ("*.safetensors.index.json", "*.safetensors", *(f"*{s}" for s in PICKLE_SUFFIXES)):

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, config_json_beside, linear_rules,
+from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, layout_config, linear_rules,
                             read_checkpoint)
 from liveedit_jax.param_io import save_params
 from liveedit_jax.tokenizer import SPIECE_FILE, TOKENIZER_FILES, TOKENIZER_JSON, Tokenizer
@@ -111,20 +111,6 @@ def fingerprint(params: Any, files: Mapping[str, Path]) -> str:
   return f"sha256:{h.hexdigest()}"
 
 
-def _config(src: Path, layout: str, preset: str | None) -> UMT5Config:
-  if preset is not None:
-    return UMT5Config.preset(preset)
-  if layout == "wan":
-    return UMT5Config.preset("umt5-xxl")
-  fields = config_json_beside(src)
-  if fields is None:
-    raise CheckpointError(f"{src}: the transformers layout needs its config.json beside it; or pass --preset")
-  try:
-    return UMT5Config.from_transformers(fields)
-  except (KeyError, ValueError) as err:
-    raise CheckpointError(f"{src}: config.json is not a usable umT5 config: {err!r}") from err
-
-
 def _tokenizer_dir(src: Path, layout: str, tokenizer: Path | None) -> Path:
   base = src if src.is_dir() else src.parent
   if tokenizer is not None:
@@ -148,7 +134,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "auto", t
     raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
   refs = read_checkpoint(src)
   layout = detect_layout(refs, str(src)) if fmt == "auto" else fmt
-  config = _config(src, layout, preset).replace(compute_dtype=dtype, param_dtype=dtype)
+  config = layout_config(src, layout, preset, UMT5Config, "umt5-xxl", UMT5Config.from_transformers, "umT5").replace(
+      compute_dtype=dtype, param_dtype=dtype)
   tokenizer_dir = _tokenizer_dir(src, layout, None if tokenizer is None else Path(tokenizer))
   vocab = Tokenizer(tokenizer_dir, max_length=config.text_len).vocab_size
   if vocab > config.vocab_size:

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, config_json_beside, conv_rules,
+from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, conv_rules, layout_config,
                             pointwise_conv_rules, read_checkpoint)
 from liveedit_jax import param_io
 from liveedit_jax.vae import VAE_PRESETS, VAEConfig, init_vae_params
@@ -146,20 +146,6 @@ def detect_layout(refs: Mapping[str, TensorRef], origin: str) -> str:
                         "it is one")
 
 
-def _config(src: Path, layout: str, preset: str | None) -> VAEConfig:
-  if preset is not None:
-    return VAEConfig.preset(preset)
-  if layout == "wan":
-    return VAEConfig.preset("wan2.1-vae")
-  fields = config_json_beside(src)
-  if fields is None:
-    raise CheckpointError(f"{src}: the diffusers layout needs its config.json beside it; or pass --preset")
-  try:
-    return VAEConfig.from_diffusers(fields)
-  except (KeyError, ValueError) as err:
-    raise CheckpointError(f"{src}: config.json is not a usable AutoencoderKLWan config: {err!r}") from err
-
-
 def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "auto", dtype: str = "float32",
             preset: str | None = None, overwrite: bool = False) -> Path:
   """Converts src into dst (see the module docstring); returns dst. Raises CheckpointError before writing."""
@@ -168,7 +154,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "auto", d
     raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
   refs = read_checkpoint(src)
   layout = detect_layout(refs, str(src)) if fmt == "auto" else fmt
-  config = _config(src, layout, preset).replace(param_dtype=dtype)
+  config = layout_config(src, layout, preset, VAEConfig, "wan2.1-vae", VAEConfig.from_diffusers,
+                         "AutoencoderKLWan").replace(param_dtype=dtype)
   abstract = jax.eval_shape(functools.partial(init_vae_params, config), jax.random.key(0))
   params = apply_rules(refs, vae_rules(config, layout), abstract, dtype, str(src))
   return param_io.save_params(dst, KIND, config.to_dict(), params, overwrite)
