@@ -48,6 +48,7 @@ from liveedit_jax.attention import FULL, AttentionMask
 _LOG2E = math.log2(math.e)
 _MASKED = -1e30  # a masked logit: finite, so a row whose first visited tile is all masked gets no NaN
 _COMPUTE_WGS = 2
+_BWD_KEYS = 64  # keys per compute warpgroup in the backward (a wgmma M tile); a backward CTA holds 2 × 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +73,7 @@ class HopperBlocks:
   @property
   def multiple(self) -> int:
     """Padded lengths (per half for teacher forcing) are multiples of this."""
-    return math.lcm(_COMPUTE_WGS * self.block_q, self.block_kv, _COMPUTE_WGS * 64, self.bwd_block_q)
+    return math.lcm(_COMPUTE_WGS * self.block_q, self.block_kv, _COMPUTE_WGS * _BWD_KEYS, self.bwd_block_q)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +94,12 @@ class _Geometry:
   q_pad: int  # rows the kernels see (both halves for teacher forcing)
   kv_pad: int
   half_pad: int = 0
+
+  @property
+  def lengths(self) -> tuple[int, int]:
+    """The unpadded query and key lengths (both halves for teacher forcing)."""
+    halves = 2 if self.kind == "teacher_forcing" else 1
+    return halves * self.q_len, halves * self.kv_len
 
   def row_bounds(self, r):
     """(hi0, lo1, hi1) of rows r."""
@@ -337,7 +344,7 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
 
 def _backward_kernel(st: _Static, dtype, head_dim: int):
   geo, bs = st.geo, st.blocks
-  bq, stages, bkv = bs.bwd_block_q, bs.bwd_stages, 64  # bkv: keys per compute warpgroup
+  bq, stages, bkv = bs.bwd_block_q, bs.bwd_stages, _BWD_KEYS
   scale = head_dim ** -0.5 * _LOG2E
 
   def body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref, k_smem, v_smem, q_smem,
@@ -457,7 +464,7 @@ def _backward_kernel(st: _Static, dtype, head_dim: int):
   return entry
 
 
-def _kernel_call(entry, st: _Static, out_type, grid, grid_names, name):
+def _kernel_call(entry, out_type, grid, grid_names, name):
   """The kernel as f(*operands) -> outputs; under `common.poisoned_outputs()` the outputs start as NaN."""
   # pl.kernel rather than plgpu.kernel: the latter's custom_vmap wrapper rejects a kernel that writes a Ref operand
   mesh = plgpu.Mesh(grid=grid, grid_names=grid_names, num_threads=_COMPUTE_WGS + 1, thread_name="wg",
@@ -479,7 +486,7 @@ def _forward(qp, kp, vp, st: _Static):
   b, t, n, e = qp.shape
   n_q_ctas = t // (_COMPUTE_WGS * st.blocks.block_q)
   out_type = (jax.ShapeDtypeStruct(qp.shape, qp.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32))
-  call = _kernel_call(_forward_kernel(st, qp.dtype, e, n_q_ctas), st, out_type, (n, n_q_ctas, b),
+  call = _kernel_call(_forward_kernel(st, qp.dtype, e, n_q_ctas), out_type, (n, n_q_ctas, b),
                       ("heads", "q", "batch"), "hopper_attention_fwd")
   return call(qp, kp, vp)
 
@@ -489,8 +496,8 @@ def _backward(qp, kp, vp, op, lse, dop, st: _Static):
   delta = jnp.einsum("btne,btne->bnt", op.astype(jnp.float32), dop.astype(jnp.float32))
   dq_acc = jax.new_ref(jnp.zeros(qp.shape, jnp.float32))
   out_type = (jax.ShapeDtypeStruct(kp.shape, kp.dtype),) * 2
-  n_kv_ctas = kp.shape[1] // (_COMPUTE_WGS * 64)
-  call = _kernel_call(_backward_kernel(st, qp.dtype, e), st, out_type, (n, n_kv_ctas, b), ("heads", "kv", "batch"),
+  n_kv_ctas = kp.shape[1] // (_COMPUTE_WGS * _BWD_KEYS)
+  call = _kernel_call(_backward_kernel(st, qp.dtype, e), out_type, (n, n_kv_ctas, b), ("heads", "kv", "batch"),
                       "hopper_attention_bwd")
   dk, dv = call(qp, kp, vp, dop, lse, delta, dq_acc)
   dq = (dq_acc[...] * e ** -0.5).astype(qp.dtype)
@@ -513,8 +520,7 @@ def _attention_bwd(st: _Static, res, d_out):
   qp, kp, vp, op, lse = res
   geo = st.geo
   dq, dk, dv = _backward(qp, kp, vp, op, lse, _to_padded(geo, d_out.astype(qp.dtype), geo.q_pad), st)
-  q_len = 2 * geo.q_len if geo.kind == "teacher_forcing" else geo.q_len
-  kv_len = 2 * geo.kv_len if geo.kind == "teacher_forcing" else geo.kv_len
+  q_len, kv_len = geo.lengths
   return _from_padded(geo, dq, q_len), _from_padded(geo, dk, kv_len), _from_padded(geo, dv, kv_len)
 
 
