@@ -254,6 +254,13 @@ def table(all_results: dict[str, dict[str, dict]]) -> str:
   return "\n".join(lines)
 
 
+def _selected(fns: dict[str, Callable], impls: str) -> dict[str, Callable]:
+  """The entries of `fns` whose implementation (the name's first word) is in the comma-separated `impls`; all if
+  `impls` is empty."""
+  wanted = impls.split(",")
+  return {name: fn for name, fn in fns.items() if not impls or name.split()[0] in wanted}
+
+
 def _best(results: dict[str, dict], impls) -> float | None:
   """The fastest time among `impls` in one case's results."""
   times = [r["ms"] for i, r in results.items() if i in impls and "ms" in r]
@@ -319,18 +326,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
         fns = routed_fns(args.interpret, blocks)
       else:
         fns = adaln_fns()
-      if args.impls:
-        fns = {impl: fn for impl, fn in fns.items() if impl in args.impls.split(",")}
-      all_results[case.name] = run_case(case, fns, call_args, args.iters, emit)
+      all_results[case.name] = run_case(case, _selected(fns, args.impls), call_args, args.iters, emit)
       if args.sweep and case.mask.kind == "chunk_causal":
         sweep = {f"triton sweep {j} {b}": attention_fns(case, kv_length, args.interpret, b)["triton"]
                  for j, b in enumerate(SWEEP)}
         sweep.update({f"hopper sweep {j} {b}": (lambda b=b: lambda q, k, v: hopper_attention(q, k, v, case.mask,
                                                                                              blocks=b))
                       for j, b in enumerate(HOPPER_SWEEP)})
-        if args.impls:
-          sweep = {name: fn for name, fn in sweep.items() if name.split()[0] in args.impls.split(",")}
-        run_case(case, sweep, call_args, args.iters, emit)
+        run_case(case, _selected(sweep, args.impls), call_args, args.iters, emit)
       del call_args
     except Exception as e:  # noqa: BLE001
       emit({"case": case.name, "error": f"{type(e).__name__}: {e}"})
