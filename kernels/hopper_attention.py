@@ -5,14 +5,18 @@
 The masks of `kernels.flash_attention` (full, chunk_causal, teacher_forcing) with the FlashAttention-3 layout:
 
   forward   CTA = 2 compute warpgroups × 64 query rows + 1 TMA warpgroup that streams [128, E] K and V tiles
-            through a ring of SMEM stages. QKᵀ and PV on wgmma, exp2 online softmax in fp32, the two compute
+            through a ring of SMEM stages. QKᵀ and PV on wgmma, exp2 online softmax in fp32 (the scale folded
+            into one FFMA per logit, 3-5 % faster than scaling the logits first), the two compute
             warpgroups alternating softmax and tensor-core work on a schedule barrier. Writes out and the
             log2-domain LSE (m + log2 l of the scaled logits).
-  backward  one kernel. CTA = 2 compute warpgroups × 64 keys + 1 TMA warpgroup that streams Q, dO [64, E], LSE
-            and delta [64]. Each warpgroup keeps its dK, dV [64, E] in fp32 registers; per query tile it runs
-            Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, dV += Pᵀ dO, dK += dSᵀ Q, and writes dSᵀ to SMEM; then one warpgroup (they take
-            turns) runs dQ = dS K over the CTA's 128 keys and adds it to an fp32 dQ in HBM with a TMA reduce-add.
-            Five matmuls per tile pair, where a dQ pass plus a dK/dV pass needs seven.
+  backward  one kernel of 2 warpgroups, each owning 64 of the CTA's 128 keys and its dK, dV [64, E] as fp32 wgmma
+            accumulators for the whole loop. No TMA warpgroup: with two warpgroups each gets 255 registers and
+            ptxas spills nothing (with a third, at 240, it spilled 200-300 bytes per thread and ran 10-25 % slower).
+            Warpgroup 0 issues the TMA loads of Q, dO [64, E], LSE and delta [64] a step ahead into a ring. Per
+            query tile each warpgroup runs Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, dV += Pᵀ dO, publishes dSᵀ to SMEM, meets the
+            other warpgroup there, then issues dQ[:, its 64 columns] = dS K over all 128 keys and dK += dSᵀ Q, and
+            adds its dQ slice to an fp32 dQ in HBM with a TMA reduce-add. Five matmuls per tile pair, where a dQ
+            pass plus a dK/dV pass needs seven (the FlashAttention-3 backward).
 
 Both passes visit only the tiles the mask does not hide entirely: a CTA sees at most two runs of tiles of the
 other axis, computed in-kernel from the static mask (`_Geometry`); tiles cut by a mask edge (a chunk edge, the
@@ -49,13 +53,14 @@ _LOG2E = math.log2(math.e)
 _MASKED = -1e30  # a masked logit: finite, so a row whose first visited tile is all masked gets no NaN
 _COMPUTE_WGS = 2
 _BWD_KEYS = 64  # keys per compute warpgroup in the backward (a wgmma M tile); a backward CTA holds 2 × 64
+_DQ_COLS = 64  # dQ columns per backward warpgroup (a 128-byte swizzled column tile of K)
 
 
 @dataclasses.dataclass(frozen=True)
 class HopperBlocks:
   """Tiles of the two kernels. block_q: query rows per compute warpgroup (the forward CTA holds 2); block_kv: keys
-  per forward K/V tile; bwd_block_q: query rows per backward step (a backward CTA holds 2 × 64 keys); stages: SMEM
-  ring depth of the TMA warpgroup."""
+  per forward K/V tile; bwd_block_q: query rows per backward step (a backward CTA holds 2 × 64 keys); stages,
+  bwd_stages: depth of the SMEM rings of K/V tiles (forward) and of Q/dO tiles (backward; 3 measured slower)."""
 
   block_q: int = 64
   block_kv: int = 128
@@ -280,18 +285,18 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
           schedule_barrier()
           return ref[...]
 
-        logits = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))
+        logits = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))  # unscaled: the scale goes into exp2's FFMA
         plgpu.barrier_arrive(k_free.at[slot])
-        logits = logits * scale
+
         def mask_edge(x):  # iotas built here, not hoisted: held across the loop they would cost 64 registers
           rows = row + plgpu.broadcasted_iota(jnp.int32, x.shape, 0, layout=plgpu.Layout.WGMMA)
           keys = key0 + plgpu.broadcasted_iota(jnp.int32, x.shape, 1, layout=plgpu.Layout.WGMMA)
           return jnp.where(geo.visible(rows, keys, row), x, _MASKED)
 
         logits = lax.cond(geo.tile_is_full(row, row + bq, key0, key0 + bkv), lambda x: x, mask_edge, logits)
-        m_new = jnp.maximum(m, logits.max(axis=1))
-        alpha = jnp.exp2(m - m_new)
-        p = jnp.exp2(logits - lax.broadcast_in_dim(m_new, logits.shape, [0]))
+        m_new = jnp.maximum(m, logits.max(axis=1))  # m: the running maximum of the unscaled logits
+        alpha = jnp.exp2((m - m_new) * scale)
+        p = jnp.exp2(logits * scale - lax.broadcast_in_dim(m_new * scale, logits.shape, [0]))
         acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
         l = l * alpha + p.sum(axis=1)
         p16 = p.astype(dtype)
@@ -311,7 +316,7 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
       acc, m, l = lax.fori_loop(0, n_steps, step, carry)
       pl.when(wg == 0)(schedule_barrier)
       q_smem[...] = (acc / lax.broadcast_in_dim(l, acc.shape, [0])).astype(dtype)
-      lse_smem.at[wg][...] = m + jnp.log2(l)
+      lse_smem.at[wg][...] = m * scale + jnp.log2(l)
       plgpu.commit_smem()
       plgpu.copy_smem_to_gmem(q_smem, o_ref.at[b, pl.ds(row, bq), h])
       plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(row, bq)])
@@ -345,11 +350,11 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
 def _backward_kernel(st: _Static, dtype, head_dim: int):
   geo, bs = st.geo, st.blocks
   bq, stages, bkv = bs.bwd_block_q, bs.bwd_stages, _BWD_KEYS
+  dq_groups = head_dim // _DQ_COLS  # warpgroups that compute a 64-column slice of dQ (both for E = 128)
   scale = head_dim ** -0.5 * _LOG2E
 
   def body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref, k_smem, v_smem, q_smem,
-           do_smem, lse_smem, delta_smem, ds_smem, dq_smem, kv_bar, q_bar, do_bar, lse_bar, delta_bar, q_free,
-           ds_ready, done):
+           do_smem, lse_smem, delta_smem, ds_smem, dq_smem, kv_bar, tile_bar, ds_ready, done):
     b, h, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
     cta_key = lax.axis_index("kv") * (_COMPUTE_WGS * bkv)
     a0, n0, a1, n1 = geo.q_runs(cta_key, cta_key + _COMPUTE_WGS * bkv, bq)
@@ -358,117 +363,111 @@ def _backward_kernel(st: _Static, dtype, head_dim: int):
     def q_tile(s):
       return jnp.where(s < n0, a0 + s, a1 + s - n0)
 
-    @pl.when(wg < _COMPUTE_WGS)
-    def _compute():
-      plgpu.set_max_registers(240, action="increase")
-      key = cta_key + wg * bkv
-      my_k = k_smem.at[wg]
-      my_v = v_smem.at[wg]
-      plgpu.copy_gmem_to_smem(k_ref.at[b, pl.ds(key, bkv), h], my_k, kv_bar.at[wg])
-      plgpu.barrier_wait(kv_bar.at[wg])
-      plgpu.copy_gmem_to_smem(v_ref.at[b, pl.ds(key, bkv), h], my_v, kv_bar.at[wg])
-      plgpu.barrier_wait(kv_bar.at[wg])
+    def load(s, slot):  # issued by warpgroup 0; one barrier (4 arrivals) for the step's four copies
+      rows = pl.ds(q_tile(s) * bq, bq)
+      plgpu.copy_gmem_to_smem(q_ref.at[b, rows, h], q_smem.at[slot], tile_bar.at[slot])
+      plgpu.copy_gmem_to_smem(do_ref.at[b, rows, h], do_smem.at[slot], tile_bar.at[slot])
+      plgpu.copy_gmem_to_smem(lse_ref.at[b, h, rows], lse_smem.at[slot], tile_bar.at[slot])
+      plgpu.copy_gmem_to_smem(delta_ref.at[b, h, rows], delta_smem.at[slot], tile_bar.at[slot])
 
-      def step(s, accumulators):  # dK, dV stay wgmma accumulators for the whole loop (no per-step copies)
-        dk_acc, dv_acc = accumulators
-        slot = lax.rem(s, stages)
-        row = q_tile(s) * bq
-        plgpu.barrier_wait(q_bar.at[slot])
-        plgpu.barrier_wait(do_bar.at[slot])
+    @pl.when(wg == 0)
+    def _prologue():
+      for s in range(stages - 1):
+        pl.when(s < n_steps)(functools.partial(load, s, s))
 
-        def scores(refs):
-          st_ref, dpt_ref = refs
-          plgpu.wgmma(st_ref, my_k, q_smem.at[slot].transpose((1, 0)))
-          plgpu.wgmma(dpt_ref, my_v, do_smem.at[slot].transpose((1, 0)))
-          return st_ref[...], dpt_ref[...]
+    key = cta_key + wg * bkv
+    my_k, my_v = k_smem.at[wg], v_smem.at[wg]
+    plgpu.copy_gmem_to_smem(k_ref.at[b, pl.ds(key, bkv), h], my_k, kv_bar.at[wg])
+    plgpu.barrier_wait(kv_bar.at[wg])
+    plgpu.copy_gmem_to_smem(v_ref.at[b, pl.ds(key, bkv), h], my_v, kv_bar.at[wg])
+    plgpu.barrier_wait(kv_bar.at[wg])
+    cols = pl.ds(jnp.minimum(wg, dq_groups - 1) * _DQ_COLS, _DQ_COLS)
 
-        s_t, dp_t = pl.run_scoped(scores, (plgpu.ACC((bkv, bq), jnp.float32),) * 2)
-        plgpu.barrier_wait(lse_bar.at[slot])
-        plgpu.barrier_wait(delta_bar.at[slot])
+    def step(s, accumulators):  # dK, dV stay wgmma accumulators for the whole loop (no per-step copies)
+      dk_acc, dv_acc = accumulators
+      slot = lax.rem(s, stages)
+      row = q_tile(s) * bq
+      plgpu.barrier_wait(tile_bar.at[slot])
+
+      def mask_edge(x):  # [keys, rows]; iotas built here, not hoisted out of the loop (registers)
+        keys = key + plgpu.broadcasted_iota(jnp.int32, x.shape, 0, layout=plgpu.Layout.WGMMA)
+        rows = row + plgpu.broadcasted_iota(jnp.int32, x.shape, 1, layout=plgpu.Layout.WGMMA)
+        return jnp.where(geo.visible(rows, keys, row), x, 0.0)
+
+      def scores(refs):  # Pᵀ and dSᵀ [keys, rows] of this step, in the compute dtype
+        st_ref, dpt_ref = refs
+        plgpu.wgmma(st_ref, my_k, q_smem.at[slot].transpose((1, 0)))
+        plgpu.wgmma(dpt_ref, my_v, do_smem.at[slot].transpose((1, 0)))
+        s_t = plgpu.wgmma_accumulator_load(st_ref, wait_n=1)  # dPᵀ still on the tensor cores
         lse = _load(lse_smem.at[slot], plgpu.Layout.WGMMA.reduce(0))
-        delta = _load(delta_smem.at[slot], plgpu.Layout.WGMMA.reduce(0))
         p_t = jnp.exp2(s_t * scale - lax.broadcast_in_dim(lse, s_t.shape, [1]))
-        def mask_edge(x):  # [keys, rows]; iotas built here, not hoisted out of the loop (registers)
-          keys = key + plgpu.broadcasted_iota(jnp.int32, x.shape, 0, layout=plgpu.Layout.WGMMA)
-          rows = row + plgpu.broadcasted_iota(jnp.int32, x.shape, 1, layout=plgpu.Layout.WGMMA)
-          return jnp.where(geo.visible(rows, keys, row), x, 0.0)
-
         p_t = lax.cond(geo.tile_is_full(row, row + bq, key, key + bkv), lambda x: x, mask_edge, p_t)
-        ds16 = (p_t * (dp_t - lax.broadcast_in_dim(delta, dp_t.shape, [1]))).astype(dtype)
-        # dV and dK first, then dSᵀ to SMEM: publishing dSᵀ before the two wgmmas measured 2.5 ms slower (H200)
-        plgpu.wgmma(dv_acc, p_t.astype(dtype), do_smem.at[slot])
-        plgpu.wgmma(dk_acc, ds16, q_smem.at[slot])
-        plgpu.wgmma_wait(0)  # both have read Q and dO: the slot may be refilled
-        plgpu.barrier_arrive(q_free.at[slot])
-        ds_slot = lax.rem(s, 2)
-        ds_smem.at[ds_slot, wg][...] = ds16
-        plgpu.commit_smem()
-        plgpu.barrier_arrive(ds_ready.at[ds_slot])
+        dp_t = plgpu.wgmma_accumulator_load(dpt_ref, wait_n=0)
+        delta = _load(delta_smem.at[slot], plgpu.Layout.WGMMA.reduce(0))
+        ds_t = p_t * (dp_t - lax.broadcast_in_dim(delta, dp_t.shape, [1]))
+        return p_t.astype(dtype), ds_t.astype(dtype)
 
-        @pl.when(ds_slot == wg)
-        def _dq():
-          plgpu.barrier_wait(ds_ready.at[ds_slot])
-
-          def dq_tile(ref):  # dS [bq, 128 keys] K [128 keys, E], as the two warpgroups' 64-key halves
-            for half in range(_COMPUTE_WGS):
-              plgpu.wgmma(ref, ds_smem.at[ds_slot, half].transpose((1, 0)), k_smem.at[half])
-            return ref[...]
-
-          dq = pl.run_scoped(dq_tile, plgpu.ACC((bq, head_dim), jnp.float32))
-          plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # this warpgroup's previous reduce-add has read dq_smem
-          dq_smem.at[wg][...] = dq
-          plgpu.commit_smem()
-          plgpu.copy_smem_to_gmem(dq_smem.at[wg], dq_ref.at[b, pl.ds(row, bq), h], reduction_op="add")
-
-        return dk_acc, dv_acc
-
-      def accumulate(dk_acc, dv_acc):
-        dk_acc, dv_acc = lax.fori_loop(0, n_steps, step, (dk_acc, dv_acc))
-        return dk_acc[...], dv_acc[...]
-
-      dk, dv = pl.run_scoped(accumulate, *(plgpu.ACC((bkv, head_dim), jnp.float32),) * 2)
-      plgpu.barrier_arrive(done)  # both warpgroups are past their last dQ: K may be overwritten
-      plgpu.barrier_wait(done)
-      my_k[...] = (dk * (head_dim ** -0.5)).astype(dtype)
-      my_v[...] = dv.astype(dtype)
+      p16, ds16 = pl.run_scoped(scores, (plgpu.ACC((bkv, bq), jnp.float32),) * 2)
+      plgpu.wgmma(dv_acc, p16, do_smem.at[slot])
+      ds_slot = lax.rem(s, 2)
+      ds_smem.at[ds_slot, wg][...] = ds16
       plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(my_k, dk_ref.at[b, pl.ds(key, bkv), h])
-      plgpu.copy_smem_to_gmem(my_v, dv_ref.at[b, pl.ds(key, bkv), h])
-      plgpu.wait_smem_to_gmem(0)
+      plgpu.barrier_arrive(ds_ready.at[ds_slot])
+      plgpu.barrier_wait(ds_ready.at[ds_slot])
+      # both warpgroups are past step s - 1, so its ring slot may be refilled, here, a step ahead of its use
+      refill = s + stages - 1
+      pl.when((wg == 0) & (refill < n_steps))(lambda: load(refill, lax.rem(refill, stages)))
 
-    @pl.when(wg == _COMPUTE_WGS)
-    def _memory():
-      plgpu.set_max_registers(24, action="decrease")
+      def dq_and_dk(ref):  # dQ[rows, cols] = dS [rows, 128 keys] K[128 keys, cols], issued before dK += dSᵀ Q
+        for half in range(_COMPUTE_WGS):
+          plgpu.wgmma(ref, ds_smem.at[ds_slot, half].transpose((1, 0)), k_smem.at[half, :, cols])
+        plgpu.wgmma(dk_acc, ds16, q_smem.at[slot])
+        return plgpu.wgmma_accumulator_load(ref, wait_n=1)  # dV and dQ done, dK still running
 
-      def load(s, slot):
-        rows = pl.ds(q_tile(s) * bq, bq)
-        plgpu.copy_gmem_to_smem(q_ref.at[b, rows, h], q_smem.at[slot], q_bar.at[slot])
-        plgpu.copy_gmem_to_smem(do_ref.at[b, rows, h], do_smem.at[slot], do_bar.at[slot])
-        plgpu.copy_gmem_to_smem(lse_ref.at[b, h, rows], lse_smem.at[slot], lse_bar.at[slot])
-        plgpu.copy_gmem_to_smem(delta_ref.at[b, h, rows], delta_smem.at[slot], delta_bar.at[slot])
+      dq = pl.run_scoped(dq_and_dk, plgpu.ACC((bq, _DQ_COLS), jnp.float32))
 
-      _fill_ring(load, n_steps, stages, (q_free,))
+      @pl.when(wg < dq_groups)
+      def _add_dq():
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous reduce-add has read dq_smem
+        dq_smem.at[wg][...] = dq
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(dq_smem.at[wg], dq_ref.at[b, pl.ds(row, bq), h, cols], reduction_op="add")
+
+      plgpu.wgmma_wait(0)
+      return dk_acc, dv_acc
+
+    def accumulate(dk_acc, dv_acc):
+      dk_acc, dv_acc = lax.fori_loop(0, n_steps, step, (dk_acc, dv_acc))
+      return dk_acc[...], dv_acc[...]
+
+    dk, dv = pl.run_scoped(accumulate, *(plgpu.ACC((bkv, head_dim), jnp.float32),) * 2)
+    plgpu.barrier_arrive(done)  # both warpgroups are past their last dQ: K may be overwritten
+    plgpu.barrier_wait(done)
+    my_k[...] = (dk * (head_dim ** -0.5)).astype(dtype)
+    my_v[...] = dv.astype(dtype)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(my_k, dk_ref.at[b, pl.ds(key, bkv), h])
+    plgpu.copy_smem_to_gmem(my_v, dv_ref.at[b, pl.ds(key, bkv), h])
+    plgpu.wait_smem_to_gmem(0)
 
   def entry(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref):
     scratch = (_swizzled((_COMPUTE_WGS, bkv, head_dim), dtype), _swizzled((_COMPUTE_WGS, bkv, head_dim), dtype),
                _swizzled((stages, bq, head_dim), dtype), _swizzled((stages, bq, head_dim), dtype),
                plgpu.SMEM((stages, bq), jnp.float32), plgpu.SMEM((stages, bq), jnp.float32),
                _swizzled((2, _COMPUTE_WGS, bkv, bq), dtype),
-               plgpu.SMEM((_COMPUTE_WGS, bq, head_dim), jnp.float32))
-    barriers = (plgpu.Barrier(num_barriers=_COMPUTE_WGS),) + (plgpu.Barrier(num_barriers=stages),) * 4 + (
-        plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
-        plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=2), plgpu.Barrier(num_arrivals=_COMPUTE_WGS))
+               plgpu.SMEM((dq_groups, bq, _DQ_COLS), jnp.float32))
+    barriers = (plgpu.Barrier(num_barriers=_COMPUTE_WGS), plgpu.Barrier(num_arrivals=4, num_barriers=stages),
+                plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=2), plgpu.Barrier(num_arrivals=_COMPUTE_WGS))
     pl.run_scoped(lambda *refs: body(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref, *refs),
                   *scratch, *barriers, collective_axes="wg")
 
   return entry
 
 
-def _kernel_call(entry, out_type, grid, grid_names, name):
+def _kernel_call(entry, out_type, grid, grid_names, name, warpgroups: int):
   """The kernel as f(*operands) -> outputs; under `common.poisoned_outputs()` the outputs start as NaN."""
   # pl.kernel rather than plgpu.kernel: the latter's custom_vmap wrapper rejects a kernel that writes a Ref operand
-  mesh = plgpu.Mesh(grid=grid, grid_names=grid_names, num_threads=_COMPUTE_WGS + 1, thread_name="wg",
-                    kernel_name=name)
+  mesh = plgpu.Mesh(grid=grid, grid_names=grid_names, num_threads=warpgroups, thread_name="wg", kernel_name=name)
   kernel = functools.partial(pl.kernel, entry, mesh=mesh, compiler_params=plgpu.CompilerParams(approx_math=True))
   if not common.outputs_poisoned():
     return kernel(out_type=out_type)
@@ -487,7 +486,7 @@ def _forward(qp, kp, vp, st: _Static):
   n_q_ctas = t // (_COMPUTE_WGS * st.blocks.block_q)
   out_type = (jax.ShapeDtypeStruct(qp.shape, qp.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32))
   call = _kernel_call(_forward_kernel(st, qp.dtype, e, n_q_ctas), out_type, (n, n_q_ctas, b),
-                      ("heads", "q", "batch"), "hopper_attention_fwd")
+                      ("heads", "q", "batch"), "hopper_attention_fwd", _COMPUTE_WGS + 1)
   return call(qp, kp, vp)
 
 
@@ -498,7 +497,7 @@ def _backward(qp, kp, vp, op, lse, dop, st: _Static):
   out_type = (jax.ShapeDtypeStruct(kp.shape, kp.dtype),) * 2
   n_kv_ctas = kp.shape[1] // (_COMPUTE_WGS * _BWD_KEYS)
   call = _kernel_call(_backward_kernel(st, qp.dtype, e), out_type, (n, n_kv_ctas, b), ("heads", "kv", "batch"),
-                      "hopper_attention_bwd")
+                      "hopper_attention_bwd", _COMPUTE_WGS)
   dk, dv = call(qp, kp, vp, dop, lse, delta, dq_acc)
   dq = (dq_acc[...] * e ** -0.5).astype(qp.dtype)
   return dq, dk, dv
