@@ -1,12 +1,14 @@
 """Fused adaLN modulation, a jax-triton kernel: y = LayerNorm(x) · (1 + scale) + shift, fp32 math, bf16 out.
 
-    u = adaln_modulate(x, shift, scale, implementation=kernels.dispatch.adaln_implementation())
+    impl = kernels.dispatch.policy().choose("adaln", ("triton", "xla"), "xla")
+    u = adaln_modulate(x, shift, scale, implementation=impl)
 
 Every Wan block computes this twice before its self-attention and FFN projections (liveedit_jax/dit.py
 `Block.self_attention_input`, `feed_forward_input`): x [B, F, P, D] float32 residual stream, shift and scale
 [B, F, 1, D] float32 per frame. XLA splits it into a reduction fusion and an elementwise fusion; the kernel reads
 each row of x once, keeps it in registers for both statistics and the modulation, and writes the compute dtype
 directly. Whether that is faster is measured (`python -m kernels.bench`, case "adaln"); the dispatch table picks.
+On an H200 it is not: 0.231 ms against XLA's 0.231 ms (docs/benchmarks.md), so no table lists it and XLA runs.
 
 jax-triton needs JAX ≥ 0.11 (the `gpu` extra), so it is imported on first use only.
 """
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 from liveedit_jax.layers import layer_normalize
 
 Implementation = Literal["triton", "xla"]
+_ROWS_PER_PROGRAM = 4  # tokens per Triton program: [4, D] tiles keep more loads in flight than one row each
 
 
 def adaln_modulate_reference(x: jax.Array, shift: jax.Array, scale: jax.Array, *, eps: float = 1e-6,
@@ -42,20 +45,21 @@ def _triton_kernel():
                       "JAX ≥ 0.11); use implementation='xla'") from e
 
   @triton.jit
-  def kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, tokens_per_frame: tl.constexpr, d: tl.constexpr,
-             eps: tl.constexpr, block_d: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)  # one token per program; B·F·P·D may pass 2³¹
-    frame = row // tokens_per_frame
+  def kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, n_rows: tl.constexpr, tokens_per_frame: tl.constexpr,
+             d: tl.constexpr, eps: tl.constexpr, block_rows: tl.constexpr, block_d: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * block_rows + tl.arange(0, block_rows)  # B·F·P·D may pass 2³¹
     cols = tl.arange(0, block_d)
-    valid = cols < d
-    x = tl.load(x_ptr + row * d + cols, mask=valid, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) / d
-    centred = tl.where(valid, x - mean, 0.0)
-    inv_std = tl.rsqrt(tl.sum(centred * centred, axis=0) / d + eps)
-    scale = tl.load(scale_ptr + frame * d + cols, mask=valid, other=0.0).to(tl.float32)
-    shift = tl.load(shift_ptr + frame * d + cols, mask=valid, other=0.0).to(tl.float32)
-    y = centred * inv_std * (1.0 + scale) + shift
-    tl.store(out_ptr + row * d + cols, y.to(out_ptr.dtype.element_ty), mask=valid)
+    valid = (rows < n_rows)[:, None] & (cols < d)[None, :]
+    offsets = rows[:, None] * d + cols[None, :]
+    frame_offsets = (rows // tokens_per_frame)[:, None] * d + cols[None, :]
+    x = tl.load(x_ptr + offsets, mask=valid, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / d
+    centred = tl.where(valid, x - mean[:, None], 0.0)
+    inv_std = tl.rsqrt(tl.sum(centred * centred, axis=1) / d + eps)
+    scale = tl.load(scale_ptr + frame_offsets, mask=valid, other=0.0).to(tl.float32)
+    shift = tl.load(shift_ptr + frame_offsets, mask=valid, other=0.0).to(tl.float32)
+    y = centred * inv_std[:, None] * (1.0 + scale) + shift
+    tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=valid)
 
   return jax_triton, triton, kernel
 
@@ -73,7 +77,9 @@ def adaln_modulate(x: jax.Array, shift: jax.Array, scale: jax.Array, *, eps: flo
     return adaln_modulate_reference(x, shift, scale, eps=eps, out_dtype=out_dtype)
   jax_triton, triton, kernel = _triton_kernel()
   block_d = triton.next_power_of_2(d)
+  n_rows = b * f * p
   return jax_triton.triton_call(
       x.astype(jnp.float32), shift.astype(jnp.float32), scale.astype(jnp.float32), kernel=kernel,
-      out_type=jax.ShapeDtypeStruct(x.shape, out_dtype), grid=(b * f * p,), tokens_per_frame=p, d=d, eps=eps,
-      block_d=block_d, num_warps=min(16, max(4, block_d // 256)), name="adaln_modulate")
+      out_shape=jax.ShapeDtypeStruct(x.shape, out_dtype), grid=(-(-n_rows // _ROWS_PER_PROGRAM),),
+      n_rows=n_rows, tokens_per_frame=p, d=d, eps=eps, block_rows=_ROWS_PER_PROGRAM, block_d=block_d,
+      num_warps=min(16, max(4, _ROWS_PER_PROGRAM * block_d // 1024)), name="adaln_modulate")

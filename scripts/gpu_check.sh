@@ -33,7 +33,8 @@ for section in "${sections[@]}"; do
     env) run env 60 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv;
          python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())"' ;;
     tests) run gpu_tests 480 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_attention.py \
-             tests/test_kernels_attention.py tests/test_kernels_hopper.py tests/test_kernels_dispatch.py ;;
+             tests/test_kernels_attention.py tests/test_kernels_hopper.py tests/test_kernels_dispatch.py \
+             tests/test_kernels_adaln.py ;;
     stream) run bench_stream 300 python3 -m liveedit_jax.bench stream --refresh clean none --chunks 10 ;;
     mask) run bench_mask 570 python3 -m liveedit_jax.bench stream --cache-on self_attn ffn --static-kv recompute reuse \
             --prune 0 0.5 0.7 0.9 --chunks 8 ;;
