@@ -227,20 +227,6 @@ def _swizzled(shape, dtype) -> plgpu.SMEM:
   return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128)))
 
 
-def _fill_ring(load, n_steps, stages: int, free_barriers) -> None:
-  """The TMA warpgroup's loop: load(step, slot) for steps [0, n_steps) into a ring of `stages` SMEM slots, refilling
-  a slot once every barrier of `free_barriers` (one per slot) says its consumers are done with it."""
-  for s in range(stages):
-    pl.when(s < n_steps)(functools.partial(load, s, s))
-
-  @pl.loop(stages, n_steps)
-  def _(s):
-    slot = lax.rem(s, stages)
-    for free in free_barriers:
-      plgpu.barrier_wait(free.at[slot])
-    load(s, slot)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Static:
   geo: _Geometry
@@ -331,7 +317,15 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
         plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem.at[slot], k_bar.at[slot])
         plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem.at[slot], v_bar.at[slot])
 
-      _fill_ring(load, n_steps, stages, (k_free, v_free))
+      for s in range(stages):
+        pl.when(s < n_steps)(functools.partial(load, s, s))
+
+      @pl.loop(stages, n_steps)
+      def _(s):  # refill a slot once both compute warpgroups are done with its K and V
+        slot = lax.rem(s, stages)
+        plgpu.barrier_wait(k_free.at[slot])
+        plgpu.barrier_wait(v_free.at[slot])
+        load(s, slot)
 
   def entry(q_ref, k_ref, v_ref, o_ref, lse_ref):
     scratch = (_swizzled((_COMPUTE_WGS, bq, head_dim), dtype), _swizzled((stages, bkv, head_dim), dtype),
@@ -381,7 +375,7 @@ def _backward_kernel(st: _Static, dtype, head_dim: int):
     plgpu.barrier_wait(kv_bar.at[wg])
     plgpu.copy_gmem_to_smem(v_ref.at[b, pl.ds(key, bkv), h], my_v, kv_bar.at[wg])
     plgpu.barrier_wait(kv_bar.at[wg])
-    cols = pl.ds(jnp.minimum(wg, dq_groups - 1) * _DQ_COLS, _DQ_COLS)
+    cols = pl.ds(jnp.minimum(wg, dq_groups - 1) * _DQ_COLS, _DQ_COLS)  # E = 64: warpgroup 1's dQ is dropped
 
     def step(s, accumulators):  # dK, dV stay wgmma accumulators for the whole loop (no per-step copies)
       dk_acc, dv_acc = accumulators
