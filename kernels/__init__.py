@@ -6,6 +6,7 @@
                     teacher-forcing masks and fixed-size KV caches (Pallas, Triton lowering; interpret-mode tests)
   routed_attention  mask-cache attention: gather active queries, attend, scatter into the cached output, one kernel
   adaln             LayerNorm + adaLN modulation fused (jax-triton, optional GPU extra)
+  rms_norm_rope      q/k RMSNorm + 3-D RoPE fused, both projections in one pass (jax-triton, optional GPU extra)
   mask_tiles        the static masks as per-row key intervals and per-tile loop plans
   dispatch          `enable()` registers attention impl "pallas": the fastest measured path per case
   bench             `python -m kernels.bench`: the measurements that table is made of

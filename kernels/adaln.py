@@ -1,14 +1,15 @@
 """Fused adaLN modulation, a jax-triton kernel: y = LayerNorm(x) · (1 + scale) + shift, fp32 math, bf16 out.
 
     impl = kernels.dispatch.policy().choose("adaln", ("triton", "xla"), "xla")
-    u = adaln_modulate(x, shift, scale, implementation=impl)
+    u = modulated_layer_norm(x, shift, scale, implementation=impl)
 
-Every Wan block computes this twice before its self-attention and FFN projections (liveedit_jax/dit.py
-`Block.self_attention_input`, `feed_forward_input`): x [B, F, P, D] float32 residual stream, shift and scale
-[B, F, 1, D] float32 per frame. XLA splits it into a reduction fusion and an elementwise fusion; the kernel reads
-each row of x once, keeps it in registers for both statistics and the modulation, and writes the compute dtype
-directly. Whether that is faster is measured (`python -m kernels.bench`, case "adaln"); the dispatch table picks.
-On an H200 it is not: 0.231 ms against XLA's 0.231 ms (docs/benchmarks.md), so no table lists it and XLA runs.
+Every Wan block computes this twice before its self-attention and FFN projections
+(liveedit_jax.fused.modulated_layer_norm, called by liveedit_jax/dit.py `Block.self_attention_input` and
+`feed_forward_input`): x [B, F, P, D] float32 residual stream, shift and scale
+[B, F, 1, D] float32 per frame. The kernel reads each row of x once, keeps it in registers for both statistics and
+the modulation, and writes the compute dtype directly. XLA on an H200 also makes it one fusion, so the two are
+within noise of each other: 0.77-1.12x XLA's speed over eight measurements (`python -m kernels.bench --only adaln`,
+docs/benchmarks.md); the dispatch table picks whichever measured faster.
 
 jax-triton needs JAX ≥ 0.11 (the `gpu` extra), so it is imported on first use only.
 """
@@ -21,28 +22,17 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from liveedit_jax.layers import layer_normalize
+from kernels.common import jax_triton_modules
+from liveedit_jax.fused import modulated_layer_norm_reference
 
 Implementation = Literal["triton", "xla"]
 _ROWS_PER_PROGRAM = 4  # tokens per Triton program: [4, D] tiles keep more loads in flight than one row each
 
 
-def adaln_modulate_reference(x: jax.Array, shift: jax.Array, scale: jax.Array, *, eps: float = 1e-6,
-                             out_dtype: Any = jnp.bfloat16) -> jax.Array:
-  """The model's math (liveedit_jax.dit.Block.self_attention_input) followed by the cast to the compute dtype."""
-  return (layer_normalize(x, eps) * (1 + scale) + shift).astype(out_dtype)
-
-
 @functools.cache
 def _triton_kernel():
   """The Triton kernel, built on first use (triton and jax_triton are optional GPU dependencies)."""
-  try:
-    import jax_triton
-    import triton
-    import triton.language as tl
-  except ImportError as e:
-    raise ImportError("adaln_modulate(implementation='triton') needs jax-triton (pip install -e '.[gpu]', "
-                      "JAX ≥ 0.11); use implementation='xla'") from e
+  jax_triton, triton, tl = jax_triton_modules("modulated_layer_norm")
 
   @triton.jit
   def kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, n_rows: tl.constexpr, tokens_per_frame: tl.constexpr,
@@ -64,22 +54,46 @@ def _triton_kernel():
   return jax_triton, triton, kernel
 
 
-def adaln_modulate(x: jax.Array, shift: jax.Array, scale: jax.Array, *, eps: float = 1e-6,
-                   out_dtype: Any = jnp.bfloat16, implementation: Implementation = "xla") -> jax.Array:
-  """LayerNorm(x) · (1 + scale) + shift over the last axis. x [B, F, P, D]; shift, scale [B, F, 1, D]."""
-  if implementation not in ("triton", "xla"):
-    raise ValueError(f"implementation must be 'triton' or 'xla', got {implementation!r}")
-  b, f, p, d = x.shape
-  if shift.shape != (b, f, 1, d) or scale.shape != (b, f, 1, d):
-    raise ValueError(f"adaln_modulate expects x [B, F, P, D] and shift, scale [B, F, 1, D]; got x {x.shape}, "
-                     f"shift {shift.shape}, scale {scale.shape}")
-  if implementation == "xla":
-    return adaln_modulate_reference(x, shift, scale, eps=eps, out_dtype=out_dtype)
+def _triton(x, shift, scale, eps: float, out_dtype: Any) -> jax.Array:
   jax_triton, triton, kernel = _triton_kernel()
+  b, f, p, d = x.shape
   block_d = triton.next_power_of_2(d)
   n_rows = b * f * p
   return jax_triton.triton_call(
       x.astype(jnp.float32), shift.astype(jnp.float32), scale.astype(jnp.float32), kernel=kernel,
       out_shape=jax.ShapeDtypeStruct(x.shape, out_dtype), grid=(-(-n_rows // _ROWS_PER_PROGRAM),),
       n_rows=n_rows, tokens_per_frame=p, d=d, eps=eps, block_rows=_ROWS_PER_PROGRAM, block_d=block_d,
-      num_warps=min(16, max(4, _ROWS_PER_PROGRAM * block_d // 1024)), name="adaln_modulate")
+      num_warps=min(16, max(4, _ROWS_PER_PROGRAM * block_d // 1024)), name="modulated_layer_norm")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _fused(x, shift, scale, eps, out_dtype):
+  return _triton(x, shift, scale, eps, out_dtype)
+
+
+def _fused_fwd(x, shift, scale, eps, out_dtype):
+  return _triton(x, shift, scale, eps, out_dtype), (x, shift, scale)
+
+
+def _fused_bwd(eps, out_dtype, residuals, d_out):
+  reference = functools.partial(modulated_layer_norm_reference, eps=eps, out_dtype=out_dtype)
+  return jax.vjp(reference, *residuals)[1](d_out)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def modulated_layer_norm(x: jax.Array, shift: jax.Array, scale: jax.Array, *, eps: float = 1e-6,
+                         out_dtype: Any = jnp.bfloat16, implementation: Implementation = "xla") -> jax.Array:
+  """LayerNorm(x) · (1 + scale) + shift over the last axis. x [B, F, P, D]; shift, scale [B, F, 1, D].
+
+  The Triton kernel's backward pass is XLA's gradient of the reference (`jax.custom_vjp`)."""
+  if implementation not in ("triton", "xla"):
+    raise ValueError(f"implementation must be 'triton' or 'xla', got {implementation!r}")
+  b, f, p, d = x.shape
+  if shift.shape != (b, f, 1, d) or scale.shape != (b, f, 1, d):
+    raise ValueError(f"modulated_layer_norm expects x [B, F, P, D] and shift, scale [B, F, 1, D]; got x {x.shape}, "
+                     f"shift {shift.shape}, scale {scale.shape}")
+  if implementation == "xla":
+    return modulated_layer_norm_reference(x, shift, scale, eps=eps, out_dtype=out_dtype)
+  return _fused(x, shift, scale, eps, jnp.dtype(out_dtype))

@@ -5,14 +5,16 @@
     python -m kernels.bench --sweep                                  # and a block-size sweep (chunk-causal)
     python -m kernels.bench --interpret --small                      # CPU smoke test: interpret mode, tiny shapes
 
-Implementations: ours ("hopper": kernels.hopper_attention, sm90 only; "triton": kernels.flash_attention) beside
+Implementations: ours ("hopper": kernels.hopper_attention, sm90 only; "triton": kernels.flash_attention, and the
+jax-triton kernels kernels.adaln and kernels.rms_norm_rope for the memory-bound cases) beside
 cuDNN, tokamax and XLA; `--impls hopper,cudnn` runs a subset.
 
 Shapes (B = 1, 12 heads, head dim 128, bf16; one chunk C = 4,680 tokens = 3 latent frames at 480×832):
 chunk-causal at 32,760 tokens and teacher forcing at 65,520, forward and forward+backward; a streaming chunk of
 4,680 queries against 14,040 and 32,760 keys, and against a 32,760-key buffer with 14,040 valid; text
 cross-attention 32,760 × 512; routed attention with 30 % of a chunk's queries active against 14,040 keys; the
-adaLN modulation of 32,760 tokens × 1,536.
+adaLN modulation and the RMSNorm + RoPE of q (or k) of 32,760 tokens × 1,536 (memory-bound: GB/s instead of TFLOP/s, 32
+applications on distinct inputs per timed call).
 
 FLOPs are exact for the mask: 4 · (visible query-key pairs) · N · E for the forward, 3.5× that for
 forward+backward. Times are the minimum of --iters synchronised calls after 2 warm-up calls (the median is printed
@@ -34,9 +36,8 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from kernels import adaln, dispatch, mask_tiles
+from kernels import adaln, dispatch, mask_tiles, rms_norm_rope
 from kernels.flash_attention import SMALL_BLOCKS, BlockSizes, flash_attention
 from kernels.hopper_attention import HopperBlocks, hopper_attention
 from kernels.routed_attention import routed_attention, routed_attention_reference
@@ -50,23 +51,27 @@ OURS = ("hopper", "triton")  # the kernels of kernels/
 @dataclasses.dataclass(frozen=True)
 class Case:
   name: str
-  kind: str  # "attention", "routed" or "adaln"
+  kind: str  # "attention", "routed", or a memory-bound op: "adaln", "rms_norm_rope"
   table_case: str | None = None  # the dispatch case this measurement ranks (--write-table)
   mask: AttentionMask = FULL
-  t: int = 0  # queries (tokens for adaln)
+  t: int = 0  # queries (tokens for the memory-bound ops)
   s: int = 0  # keys
   grad: bool = False  # forward+backward
   kv_valid: int | None = None  # valid keys of a fixed-size buffer
   active: int = 0  # routed: active queries
   heads: int = 12
   head_dim: int = 128
-  width: int = 1536  # adaln
+  width: int = 1536  # memory-bound ops
   frames: int = 21  # adaln
-  repeats: int = 1  # applications per timed call (reported times are per application)
+  repeats: int = 1  # applications per timed call, each on its own inputs (reported times are per application)
+
+  @property
+  def memory_bound(self) -> bool:
+    return self.kind in ("adaln", "rms_norm_rope")
 
   @property
   def flops(self) -> float | None:
-    if self.kind == "adaln":
+    if self.memory_bound:
       return None
     if self.kind == "routed":
       pairs = self.active * self.s
@@ -78,10 +83,13 @@ class Case:
 
   @property
   def bytes(self) -> float | None:
-    """adaln: the bytes it must move (fp32 in, bf16 out, per-frame shift and scale)."""
-    if self.kind != "adaln":
-      return None
-    return self.t * self.width * (4 + 2) + 2 * self.frames * self.width * 4
+    """The bytes a memory-bound op must move. adaln: fp32 in, bf16 out, per-frame shift and scale; rms_norm_rope:
+    bf16 in and out, per-token cos and sin."""
+    if self.kind == "adaln":
+      return self.t * self.width * (4 + 2) + 2 * self.frames * self.width * 4
+    if self.kind == "rms_norm_rope":
+      return self.t * (self.width * (2 + 2) + 2 * (self.head_dim // 2) * 4)
+    return None
 
 
 def cases(small: bool) -> list[Case]:
@@ -100,7 +108,9 @@ def cases(small: bool) -> list[Case]:
       Case("cross-attention", "attention", "cross", FULL, 7 * c, text, **dims),
       Case("routed 30%", "routed", "routed", FULL, c, 3 * c, active=int(0.3 * c), **dims),
       Case("adaln", "adaln", "adaln", t=3 * 10 if small else 21 * 1560, frames=3 if small else 21,
-           width=96 if small else 1536, repeats=2 if small else 16),
+           width=96 if small else 1536, repeats=2 if small else 32),
+      Case("rms_norm_rope", "rms_norm_rope", "rms_norm_rope", t=3 * 10 if small else 21 * 1560,
+           width=n * e, repeats=2 if small else 32, **dims),
   ]
 
 
@@ -155,12 +165,18 @@ def routed_fns(interpret: bool, blocks: BlockSizes) -> dict[str, Callable[[], Ca
   }
 
 
-def adaln_fns() -> dict[str, Callable[[], Callable]]:
-  """f(x, shifts, scales): the modulation once per leading entry of shifts, scales [R, B, F, 1, D] in one call, so
-  the per-call dispatch (about as long as one ~0.1 ms application) does not swamp the kernel."""
+def memory_bound_fns(case: Case) -> dict[str, Callable[[], Callable]]:
+  """f(*lists): the op once per entry of its argument lists (R applications on R distinct inputs in one call, so
+  the per-call dispatch, about as long as one ~0.1 ms application, does not swamp it, and nothing is loop-invariant
+  for XLA to hoist)."""
+  if case.kind == "adaln":
+    op = adaln.modulated_layer_norm
+  else:
+    op = functools.partial(rms_norm_rope.rms_norm_rope, num_heads=case.heads)
+
   def repeated(impl):
-    one = functools.partial(adaln.adaln_modulate, implementation=impl)
-    return lambda x, shifts, scales: lax.map(lambda mod: one(x, *mod), (shifts, scales))
+    one = functools.partial(op, implementation=impl)
+    return lambda *lists: [one(*args) for args in zip(*lists)]
 
   return {impl: (lambda impl=impl: repeated(impl)) for impl in ("triton", "xla")}
 
@@ -168,12 +184,8 @@ def adaln_fns() -> dict[str, Callable[[], Callable]]:
 def inputs(case: Case, key: jax.Array) -> tuple[Any, ...]:
   ks = jax.random.split(key, 5)
   bf16 = jnp.bfloat16
-  if case.kind == "adaln":
-    p = case.t // case.frames
-    x = jax.random.normal(ks[0], (1, case.frames, p, case.width), jnp.float32)
-    shape = (case.repeats, 1, case.frames, 1, case.width)
-    shift, scale = (0.1 * jax.random.normal(kk, shape, jnp.float32) for kk in ks[1:3])
-    return x, shift, scale
+  if case.memory_bound:
+    return tuple(map(list, zip(*(_memory_bound_inputs(case, kk) for kk in jax.random.split(key, case.repeats)))))
   shape = lambda length: (1, length, case.heads, case.head_dim)  # noqa: E731
   q = jax.random.normal(ks[0], shape(case.t), bf16)
   k, v = (jax.random.normal(kk, shape(case.s), bf16) for kk in ks[1:3])
@@ -183,6 +195,19 @@ def inputs(case: Case, key: jax.Array) -> tuple[Any, ...]:
   if case.grad:
     return q, k, v, jax.random.normal(ks[4], shape(case.t), bf16)
   return q, k, v
+
+
+def _memory_bound_inputs(case: Case, key: jax.Array) -> tuple[jax.Array, ...]:
+  """One application's inputs: adaln (x, shift, scale); rms_norm_rope (x, scale, cos, sin)."""
+  ks = jax.random.split(key, 4)
+  if case.kind == "adaln":
+    x = jax.random.normal(ks[0], (1, case.frames, case.t // case.frames, case.width), jnp.float32)
+    shift, scale = (0.1 * jax.random.normal(kk, (1, case.frames, 1, case.width), jnp.float32) for kk in ks[1:3])
+    return x, shift, scale
+  x = jax.random.normal(ks[0], (1, case.t, case.width), jnp.bfloat16)
+  scale = 1 + 0.1 * jax.random.normal(ks[1], (case.width,), jnp.float32)
+  angle = jax.random.uniform(ks[2], (case.t, case.head_dim // 2), jnp.float32, 0, 6.3)
+  return x, scale, jnp.cos(angle), jnp.sin(angle)
 
 
 def _jitted(case: Case, fn: Callable) -> Callable:
@@ -297,7 +322,7 @@ def write_table(path: str, all_results: dict[str, dict[str, dict]], case_list: l
     if case.table_case is None or case.name not in all_results:
       continue
     ms = {impl: r["ms"] for impl, r in all_results[case.name].items() if "ms" in r}
-    shape = (f"{case.t} x {case.width}" if case.kind == "adaln" else
+    shape = (f"{case.t} x {case.width}" if case.memory_bound else
              f"T={case.t}, S={case.s}, N={case.heads}, E={case.head_dim}, mask {case.mask.kind}"
              + (f", {case.kv_valid} valid keys" if case.kv_valid else "")
              + (f", {case.active} active queries" if case.active else ""))
@@ -334,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
       elif case.kind == "routed":
         fns = routed_fns(args.interpret, blocks)
       else:
-        fns = adaln_fns()
+        fns = memory_bound_fns(case)
       all_results[case.name] = run_case(case, _selected(fns, args.impls), call_args, args.iters, emit)
       if args.sweep and case.mask.kind == "chunk_causal":
         sweep = {f"triton sweep {j} {b}": attention_fns(case, kv_length, args.interpret, b)["triton"]

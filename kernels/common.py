@@ -1,4 +1,4 @@
-"""What every Pallas kernel in `kernels/` shares: the Triton backend import, padding, and output poisoning.
+"""What the kernels in `kernels/` share: the Triton backend and jax-triton imports, padding, output poisoning.
 
 The Pallas Triton backend (`jax.experimental.pallas.triton`) is present in JAX 0.10 and 0.11; 0.11 deprecates it
 (../shared/reference/jax_anchors.md §2.2). A `pallas_call` runs on it when given its `CompilerParams`; without
@@ -28,6 +28,19 @@ def triton_backend() -> ModuleType:
         f"{jax.__version__} does not provide it. Use implementation='xla' (or 'cudnn' through "
         f"liveedit_jax.attention), or install a JAX that still ships it.") from e
   return triton
+
+
+def jax_triton_modules(op: str) -> tuple[ModuleType, ModuleType, ModuleType]:
+  """(jax_triton, triton, triton.language) for the jax-triton kernels, or an ImportError naming `op` and the fix
+  (they are the optional `gpu` extra: jax-triton needs JAX ≥ 0.11)."""
+  try:
+    import jax_triton
+    import triton
+    import triton.language as tl
+  except ImportError as e:
+    raise ImportError(f"{op}(implementation='triton') needs jax-triton (pip install -e '.[gpu]', JAX ≥ 0.11); "
+                      "use implementation='xla'") from e
+  return jax_triton, triton, tl
 
 
 def interpret_default() -> bool:

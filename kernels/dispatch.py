@@ -1,7 +1,7 @@
-"""The "pallas" attention implementation: per case, the fastest path measured on this kind of GPU.
+"""The "pallas" implementation family: per case, the fastest path measured on this kind of GPU.
 
     import kernels.dispatch
-    kernels.dispatch.enable()                          # registers "pallas" with liveedit_jax.attention
+    kernels.dispatch.enable()      # registers "pallas" with liveedit_jax.attention and liveedit_jax.fused
     cfg = DiTConfig.preset("liveedit-1.3b", attention="pallas")
 
 A hand-written kernel earns its place only where it beats what JAX already has, so the choice is data: a table of
@@ -12,20 +12,24 @@ over one with a measurement; with none measured, cuDNN (half precision) or XLA r
 to the XLA reference.
 
 Implementations: "hopper" (kernels.hopper_attention, Mosaic GPU, sm90, static masks), "triton"
-(kernels.flash_attention), "cudnn", "xla".
+(kernels.flash_attention; for the fused norms the jax-triton kernels kernels.adaln and kernels.rms_norm_rope),
+"cudnn", "xla".
 
-Cases (the attention calls the model makes):
+Cases (the calls the model makes):
   chunk_causal, teacher_forcing   training masks; ranked by forward+backward time
   full                            a streaming chunk against its exact K/V (forward)
   full_kv_length                  a streaming chunk against a fixed-size KV buffer with valid lengths (forward)
   cross                           text cross-attention, ≤ 1,024 keys (forward)
-  routed, adaln                   not attention() calls: `kernels.routed_attention`, `kernels.adaln`, for callers
-                                  that choose with `policy().choose(...)`
+  adaln, rms_norm_rope            liveedit_jax.fused's modulated_layer_norm and rms_norm_rope (the block's
+                                  adaLN inputs; its q and k), through `kernels.adaln`, `kernels.rms_norm_rope`
+  routed                          not an attention() call: `kernels.routed_attention`, for callers that choose
+                                  with `policy().choose(...)`
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -33,14 +37,17 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from kernels import adaln, rms_norm_rope
 from kernels.flash_attention import flash_attention
 from kernels.hopper_attention import hopper_attention
 from liveedit_jax.attention import AttentionMask, attention, register_attention_impl
+from liveedit_jax.fused import register_fused_impl
 
 TABLE = Path(__file__).with_name("measured_h100.json")
 TABLES = {"H200": Path(__file__).with_name("measured_h200.json"), "H100": TABLE}  # device-kind substring → table
 SM90 = ("H100", "H200", "H800", "H20", "GH200")
-CASES = ("chunk_causal", "teacher_forcing", "full", "full_kv_length", "cross", "routed", "adaln")
+CASES = ("chunk_causal", "teacher_forcing", "full", "full_kv_length", "cross", "routed", "adaln",
+         "rms_norm_rope")
 CROSS_MAX_KEYS = 1024
 
 
@@ -116,13 +123,36 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMa
   return attention(q, k, v, mask=mask, kv_length=kv_length, impl=impl)
 
 
+def _triton_candidates(dtype_ok: bool) -> tuple[str, ...]:
+  """The jax-triton kernels run on a GPU with jax-triton installed (the `gpu` extra)."""
+  on_gpu = jax.default_backend() == "gpu" and importlib.util.find_spec("jax_triton") is not None
+  return ("triton", "xla") if on_gpu and dtype_ok else ("xla",)
+
+
+def pallas_modulated_layer_norm(x: jax.Array, shift: jax.Array, scale: jax.Array, *, eps: float,
+                                out_dtype) -> jax.Array:
+  """`liveedit_jax.fused.modulated_layer_norm(..., impl="pallas")`: kernels.adaln where measured faster."""
+  impl = policy().choose("adaln", _triton_candidates(True), "xla")
+  return adaln.modulated_layer_norm(x, shift, scale, eps=eps, out_dtype=out_dtype, implementation=impl)
+
+
+def pallas_rms_norm_rope(x: jax.Array, scale: jax.Array, cos: jax.Array, sin: jax.Array, *, num_heads: int,
+                         eps: float) -> jax.Array:
+  """`liveedit_jax.fused.rms_norm_rope(..., impl="pallas")`: kernels.rms_norm_rope (bf16) where measured faster."""
+  impl = policy().choose("rms_norm_rope", _triton_candidates(x.dtype == jnp.bfloat16), "xla")
+  return rms_norm_rope.rms_norm_rope(x, scale, cos, sin, num_heads=num_heads, eps=eps, implementation=impl)
+
+
 def table_for(device_kind: str) -> Path:
   """The shipped measurement table for a device kind (the H100 table when none matches)."""
   return next((path for name, path in TABLES.items() if name in device_kind), TABLE)
 
 
 def enable(table: str | Path | None = None) -> Policy:
-  """Registers "pallas" with liveedit_jax.attention, ranking by `table` (default: the shipped table of this GPU)."""
+  """Registers "pallas" with liveedit_jax.attention and liveedit_jax.fused, ranking by `table` (default: the
+  shipped table of this GPU)."""
   _ACTIVE[:] = [load_policy(table_for(jax.devices()[0].device_kind) if table is None else table)]
   register_attention_impl("pallas", pallas_attention)
+  register_fused_impl("pallas", "modulated_layer_norm", pallas_modulated_layer_norm)
+  register_fused_impl("pallas", "rms_norm_rope", pallas_rms_norm_rope)
   return _ACTIVE[0]

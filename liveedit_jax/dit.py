@@ -15,6 +15,7 @@ accumulation.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable
@@ -26,9 +27,10 @@ import numpy as np
 
 from liveedit_jax.attention import FULL, AttentionMask, attention
 from liveedit_jax.config import DiTConfig
-from liveedit_jax.layers import Dense, LayerNorm, RMSNorm, gelu_tanh, layer_normalize
+from liveedit_jax.layers import Dense, LayerNorm, RMSNorm, gelu_tanh
 from liveedit_jax.param_io import load_params, read_config
-from liveedit_jax.rope import apply_rope, rope_cos_sin
+from liveedit_jax.fused import modulated_layer_norm, modulated_layer_norm_reference, rms_norm_rope
+from liveedit_jax.rope import rope_cos_sin
 
 Params = dict[str, Any]
 # attend(q [B, T, N, E], k [B, S, N, E], v [B, S, N, E], layer_state) -> (o [B, T, N, E], layer_output):
@@ -118,8 +120,8 @@ class Attention(nn.Module):
     cfg = self.config
     pd = jnp.dtype(cfg.param_dtype)
     self.q, self.k, self.v, self.o = (Dense(cfg.dim, cfg.dtype, pd) for _ in range(4))
-    self.norm_q = RMSNorm(cfg.eps, pd)
-    self.norm_k = RMSNorm(cfg.eps, pd)
+    self.norm_q = RMSNorm(cfg.dim, cfg.eps, pd)
+    self.norm_k = RMSNorm(cfg.dim, cfg.eps, pd)
 
   def _heads(self, x: jax.Array) -> jax.Array:
     return x.reshape(*x.shape[:-1], self.config.num_heads, self.config.head_dim)
@@ -130,7 +132,23 @@ class Attention(nn.Module):
 
   def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x [B, S, D] → (k float32 normalised, v compute dtype), each [B, S, N, E]."""
-    return self._heads(self.norm_k(self.k(x))), self._heads(self.v(x))
+    return self._heads(self.norm_k(self.k(x))), self.project_v(x)
+
+  def project_v(self, x: jax.Array) -> jax.Array:
+    """x [B, S, D] → v [B, S, N, E] in the compute dtype."""
+    return self._heads(self.v(x))
+
+  def project_q_roped(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [B, T, D], cos/sin [T, E/2] or [B, T, E/2] → normalised, roped q [B, T, N, E] in the compute dtype."""
+    return self._norm_rope(self.q(x), self.norm_q, cos, sin)
+
+  def project_k_roped(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """As `project_q_roped`, for k."""
+    return self._norm_rope(self.k(x), self.norm_k, cos, sin)
+
+  def _norm_rope(self, projected: jax.Array, norm: RMSNorm, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    cfg = self.config
+    return rms_norm_rope(projected, norm.scale, cos, sin, num_heads=cfg.num_heads, eps=cfg.eps, impl=cfg.attention)
 
   def project_out(self, o: jax.Array) -> jax.Array:
     """o [B, T, N, E] → [B, T, D] float32."""
@@ -177,16 +195,15 @@ class Block(nn.Module):
     return [m[:, :, i, None, :] for i in range(6)]
 
   def self_attention_input(self, x: jax.Array, m: list[jax.Array]) -> jax.Array:
-    """Modulated LayerNorm of x: [B, F, P, D] float32."""
-    return layer_normalize(x, self.config.eps) * (1 + m[1]) + m[0]
+    """Modulated LayerNorm of x [B, F, P, D] float32, in the compute dtype (what the projections read)."""
+    cfg = self.config
+    return modulated_layer_norm(x, m[0], m[1], eps=cfg.eps, out_dtype=cfg.dtype, impl=cfg.attention)
 
   def self_attention_qkv(self, u: jax.Array, cos: jax.Array, sin: jax.Array):
     """u [B, F, P, D] → roped q, k and v, each [B, F·P, N, E] in the compute dtype."""
-    dt = self.config.dtype
     u = u.reshape(u.shape[0], -1, u.shape[-1])
-    q = apply_rope(self.self_attn.project_q(u), cos, sin).astype(dt)
-    k, v = self.self_attn.project_kv(u)
-    return q, apply_rope(k, cos, sin).astype(dt), v
+    attn = self.self_attn
+    return attn.project_q_roped(u, cos, sin), attn.project_k_roped(u, cos, sin), attn.project_v(u)
 
   def cross_attention(self, x: jax.Array, text_k: jax.Array, text_v: jax.Array, impl: str) -> jax.Array:
     """x [B, F, P, D] attends to the text K/V [B, L, N, E]; returns the residual update, float32."""
@@ -201,8 +218,9 @@ class Block(nn.Module):
     return k.astype(self.config.dtype), v
 
   def feed_forward_input(self, x: jax.Array, m: list[jax.Array]) -> jax.Array:
-    """Modulated LayerNorm of x before the FFN: [B, F, P, D] float32."""
-    return layer_normalize(x, self.config.eps) * (1 + m[4]) + m[3]
+    """Modulated LayerNorm of x [B, F, P, D] before the FFN, in the compute dtype."""
+    cfg = self.config
+    return modulated_layer_norm(x, m[3], m[4], eps=cfg.eps, out_dtype=cfg.dtype, impl=cfg.attention)
 
   def feed_forward(self, x: jax.Array, m: list[jax.Array]) -> jax.Array:
     """Gated FFN residual update for x [B, F, P, D], float32."""
@@ -236,14 +254,14 @@ class Head(nn.Module):
     table = self.param("modulation", nn.initializers.normal(stddev=cfg.dim ** -0.5), (2, cfg.dim), pd)
     shift = table[0].astype(jnp.float32) + e[:, :, None, :]
     scale = table[1].astype(jnp.float32) + e[:, :, None, :]
-    u = layer_normalize(x, cfg.eps) * (1 + scale) + shift
+    u = modulated_layer_norm_reference(x, shift, scale, eps=cfg.eps, out_dtype=jnp.float32)
     return Dense(cfg.patch_dim, jnp.float32, pd, kernel_init=nn.initializers.zeros_init(), name="proj")(u)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def init_dit_params(config: DiTConfig, key: jax.Array) -> Params:
   """Fresh parameters with Wan's initialisation. Works under `jax.eval_shape` (no allocation)."""
-  cfg = config
+  cfg = dataclasses.replace(config, attention="xla")  # the same parameters; the XLA ops batch under the vmap
   pt, ph, pw = cfg.patch_size
   keys = jax.random.split(key, 5)
   x = jnp.zeros((1, pt, ph, pw, cfg.in_channels))

@@ -53,15 +53,17 @@ def layer_normalize(x: jax.Array, eps: float) -> jax.Array:
 
 
 class RMSNorm(nn.Module):
-  """RMS norm over the last axis with a learned scale; float32 output."""
+  """RMS norm over the last axis (`features` wide) with a learned scale; float32 output."""
 
+  features: int
   eps: float = 1e-6
   param_dtype: Any = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    self.scale = self.param("scale", nn.initializers.ones_init(), (self.features,), self.param_dtype)
+
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", nn.initializers.ones_init(), (x.shape[-1],), self.param_dtype)
-    return rms_normalize(x, self.eps) * scale.astype(jnp.float32)
+    return rms_normalize(x, self.eps) * self.scale.astype(jnp.float32)
 
 
 class LayerNorm(nn.Module):

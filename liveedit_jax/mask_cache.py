@@ -167,7 +167,7 @@ def routed_block(block: Block, x, e0, text_k, text_v, cos, sin, attend, layer_st
   u = block.self_attention_input(x, m).reshape(b, c * p, d)
   u_active = _take(u, tokens)
   cos_a, sin_a = cos[tokens], sin[tokens]
-  q = apply_rope(block.self_attn.project_q(u_active), cos_a, sin_a).astype(dt)
+  q = block.self_attn.project_q_roped(u_active, cos_a, sin_a)
   if options.static_kv == "recompute":
     k_raw, v = block.self_attn.project_kv(u)
   else:

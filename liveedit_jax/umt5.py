@@ -217,8 +217,8 @@ class Block(nn.Module):
     pd = jnp.dtype(cfg.param_dtype)
     t = x.shape[1]
     bias = RelativePositionBias(cfg, name="pos_embedding")(t, t)
-    x = x + SelfAttention(cfg, name="attn")(RMSNorm(cfg.eps, pd, name="norm1")(x), bias, key_mask)
-    return x + FeedForward(cfg, name="ffn")(RMSNorm(cfg.eps, pd, name="norm2")(x))
+    x = x + SelfAttention(cfg, name="attn")(RMSNorm(cfg.dim, cfg.eps, pd, name="norm1")(x), bias, key_mask)
+    return x + FeedForward(cfg, name="ffn")(RMSNorm(cfg.dim, cfg.eps, pd, name="norm2")(x))
 
 
 def init_umt5_params(config: UMT5Config, key: jax.Array) -> Params:
@@ -231,7 +231,7 @@ def init_umt5_params(config: UMT5Config, key: jax.Array) -> Params:
   return {
       "token_embedding": TokenEmbedding(cfg).init(keys[0], jnp.zeros((1, 1), jnp.int32))["params"],
       "blocks": jax.vmap(init_block)(jax.random.split(keys[1], cfg.num_layers)),
-      "norm": RMSNorm(cfg.eps, jnp.dtype(cfg.param_dtype)).init(keys[2], x)["params"],
+      "norm": RMSNorm(cfg.dim, cfg.eps, jnp.dtype(cfg.param_dtype)).init(keys[2], x)["params"],
   }
 
 
@@ -251,7 +251,7 @@ def umt5_forward(config: UMT5Config, params: Params, ids: jax.Array, mask: jax.A
   x = TokenEmbedding(cfg).apply({"params": params["token_embedding"]}, ids)
   block = Block(cfg)
   x, _ = jax.lax.scan(lambda x, p: (block.apply({"params": p}, x, mask), None), x, params["blocks"])
-  return RMSNorm(cfg.eps, jnp.dtype(cfg.param_dtype)).apply({"params": params["norm"]}, x)
+  return RMSNorm(cfg.dim, cfg.eps, jnp.dtype(cfg.param_dtype)).apply({"params": params["norm"]}, x)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -5,6 +5,7 @@
 #
 #   scripts/gpu_check.sh hopper            the Mosaic GPU kernel alone: its GPU tests, then chunk-causal and teacher
 #                                          forcing against cuDNN
+#   scripts/gpu_check.sh triton            the jax-triton kernels (adaLN, q/k RMSNorm + RoPE): GPU tests and bench
 #
 # Runs from the repository root with the device's own JAX (no install); optional wheels in .whl/ are installed
 # into /tmp/site first (see the device README). Each section has its own time limit so one slow section does not
@@ -34,13 +35,17 @@ for section in "${sections[@]}"; do
          python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())"' ;;
     tests) run gpu_tests 480 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_attention.py \
              tests/test_kernels_attention.py tests/test_kernels_hopper.py tests/test_kernels_dispatch.py \
-             tests/test_kernels_adaln.py ;;
+             tests/test_kernels_adaln.py tests/test_kernels_rms_norm_rope.py ;;
     stream) run bench_stream 300 python3 -m liveedit_jax.bench stream --refresh clean none --chunks 10 ;;
     mask) run bench_mask 570 python3 -m liveedit_jax.bench stream --cache-on self_attn ffn --static-kv recompute reuse \
             --prune 0 0.5 0.7 0.9 --chunks 8 ;;
     vae) run bench_vae 240 python3 -m liveedit_jax.bench vae ;;
     hopper) run hopper_tests 300 python3 -m pytest -q -x -m gpu -p no:cacheprovider --tb=short tests/test_kernels_hopper.py
             run bench_hopper 270 python3 -m kernels.bench --impls hopper,cudnn --only _ ;;
+    triton) run triton_tests 240 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+              tests/test_kernels_adaln.py tests/test_kernels_rms_norm_rope.py
+            run bench_adaln 120 python3 -m kernels.bench --only adaln --iters 20
+            run bench_rms_norm_rope 120 python3 -m kernels.bench --only rms_norm_rope --iters 20 ;;
     kernels) run bench_kernels 330 python3 -m kernels.bench --write-table "$OUT/measured_kernels.json" ;;
     train) run bench_train 540 python3 -m liveedit_jax.bench train --stage 3 --config liveedit-1.3b ;;
     e2e) run bench_e2e 420 python3 -m liveedit_jax.bench e2e ;;

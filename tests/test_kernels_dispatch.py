@@ -10,6 +10,7 @@ import pytest
 
 from kernels import bench, dispatch
 from liveedit_jax import attention as attention_mod
+from liveedit_jax import fused
 from liveedit_jax.attention import AttentionMask, attention, attention_reference
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import dit_forward, init_dit_params
@@ -76,6 +77,27 @@ def test_pallas_impl_is_registered_and_falls_back_to_xla_off_gpu():
   q, k, v = (jnp.asarray(rng.standard_normal((1, 30, 2, 16)), jnp.float32) for _ in range(3))
   got = attention(q, k, v, mask=mask, impl="pallas")
   np.testing.assert_array_equal(got, attention_reference(q, k, v, mask.dense(30, 30)), err_msg=f"seed {seed}")
+
+
+def test_fused_ops_register_and_fall_back_to_xla_off_gpu():
+  """enable() gives liveedit_jax.fused a "pallas" version of each op; off GPU it is the reference, exactly."""
+  dispatch.enable()
+  assert fused._IMPLS[("pallas", "modulated_layer_norm")] is dispatch.pallas_modulated_layer_norm
+  assert fused._IMPLS[("pallas", "rms_norm_rope")] is dispatch.pallas_rms_norm_rope
+  seed = random.SystemRandom().randrange(2**31)
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.standard_normal((1, 2, 5, 16)), jnp.float32)
+  shift, scale = (jnp.asarray(rng.standard_normal((1, 2, 1, 16)), jnp.float32) for _ in range(2))
+  np.testing.assert_array_equal(
+      fused.modulated_layer_norm(x, shift, scale, eps=1e-6, out_dtype=jnp.bfloat16, impl="pallas"),
+      fused.modulated_layer_norm_reference(x, shift, scale, eps=1e-6, out_dtype=jnp.bfloat16))
+  cos, sin = (jnp.asarray(rng.standard_normal((10, 4)), jnp.float32) for _ in range(2))
+  proj = x.reshape(1, 10, 16).astype(jnp.bfloat16)
+  np.testing.assert_array_equal(fused.rms_norm_rope(proj, scale[0, 0, 0], cos, sin, num_heads=2, eps=1e-6,
+                                                    impl="pallas"),
+                                fused.rms_norm_rope_reference(proj, scale[0, 0, 0], cos, sin, num_heads=2, eps=1e-6))
+  with pytest.raises(ValueError, match="unknown fused op"):
+    fused.register_fused_impl("pallas", "layer_norm", lambda x: x)
 
 
 def test_dit_config_selects_pallas():
