@@ -21,7 +21,9 @@ Cases (the calls the model makes):
   full_kv_length                  a streaming chunk against a fixed-size KV buffer with valid lengths (forward)
   cross                           text cross-attention, ≤ 1,024 keys (forward)
   adaln, rms_norm_rope            liveedit_jax.fused's modulated_layer_norm and rms_norm_rope (the block's
-                                  adaLN inputs; its q and k), through `kernels.adaln`, `kernels.rms_norm_rope`
+                                  adaLN inputs; its q and k), through `kernels.adaln`, `kernels.rms_norm_rope`;
+                                  ranked by forward time (their backward is XLA's either way, and measured as
+                                  fast as XLA's own gradient)
   routed                          not an attention() call: `kernels.routed_attention`, for callers that choose
                                   with `policy().choose(...)`
 """

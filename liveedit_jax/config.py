@@ -81,7 +81,9 @@ class DiTConfig(PresetConfig):
   compute_dtype: str = "float32"  # matmul dtype; norms, modulation and residuals stay float32
   param_dtype: str = "float32"
   remat: bool = False  # rematerialise each block in the backward pass
-  attention: AttentionImpl = "auto"  # "auto": cuDNN on GPU, XLA elsewhere
+  # "auto": cuDNN on GPU, XLA elsewhere; "pallas": the measured fastest of kernels/ for the attention calls and the
+  # fused norms of liveedit_jax.fused (after kernels.dispatch.enable())
+  attention: AttentionImpl = "auto"
 
   def __post_init__(self):
     if self.dim % self.num_heads:

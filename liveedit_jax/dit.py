@@ -27,9 +27,9 @@ import numpy as np
 
 from liveedit_jax.attention import FULL, AttentionMask, attention
 from liveedit_jax.config import DiTConfig
+from liveedit_jax.fused import modulated_layer_norm, modulated_layer_norm_reference, rms_norm_rope
 from liveedit_jax.layers import Dense, LayerNorm, RMSNorm, gelu_tanh
 from liveedit_jax.param_io import load_params, read_config
-from liveedit_jax.fused import modulated_layer_norm, modulated_layer_norm_reference, rms_norm_rope
 from liveedit_jax.rope import rope_cos_sin
 
 Params = dict[str, Any]
