@@ -22,7 +22,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from kernels.common import jax_triton_modules
+from kernels.common import jax_triton_modules, with_reference_gradient
 from liveedit_jax.fused import modulated_layer_norm_reference
 
 Implementation = Literal["triton", "xla"]
@@ -54,7 +54,7 @@ def _triton_kernel():
   return jax_triton, triton, kernel
 
 
-def _triton(x, shift, scale, eps: float, out_dtype: Any) -> jax.Array:
+def _triton(x, shift, scale, *, eps: float, out_dtype: Any) -> jax.Array:
   jax_triton, triton, kernel = _triton_kernel()
   b, f, p, d = x.shape
   block_d = triton.next_power_of_2(d)
@@ -64,23 +64,6 @@ def _triton(x, shift, scale, eps: float, out_dtype: Any) -> jax.Array:
       out_shape=jax.ShapeDtypeStruct(x.shape, out_dtype), grid=(-(-n_rows // _ROWS_PER_PROGRAM),),
       n_rows=n_rows, tokens_per_frame=p, d=d, eps=eps, block_rows=_ROWS_PER_PROGRAM, block_d=block_d,
       num_warps=min(16, max(4, _ROWS_PER_PROGRAM * block_d // 1024)), name="modulated_layer_norm")
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _fused(x, shift, scale, eps, out_dtype):
-  return _triton(x, shift, scale, eps, out_dtype)
-
-
-def _fused_fwd(x, shift, scale, eps, out_dtype):
-  return _triton(x, shift, scale, eps, out_dtype), (x, shift, scale)
-
-
-def _fused_bwd(eps, out_dtype, residuals, d_out):
-  reference = functools.partial(modulated_layer_norm_reference, eps=eps, out_dtype=out_dtype)
-  return jax.vjp(reference, *residuals)[1](d_out)
-
-
-_fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 def modulated_layer_norm(x: jax.Array, shift: jax.Array, scale: jax.Array, *, eps: float = 1e-6,
@@ -96,4 +79,6 @@ def modulated_layer_norm(x: jax.Array, shift: jax.Array, scale: jax.Array, *, ep
                      f"shift {shift.shape}, scale {scale.shape}")
   if implementation == "xla":
     return modulated_layer_norm_reference(x, shift, scale, eps=eps, out_dtype=out_dtype)
-  return _fused(x, shift, scale, eps, jnp.dtype(out_dtype))
+  static = dict(eps=eps, out_dtype=out_dtype)
+  return with_reference_gradient(functools.partial(_triton, **static),
+                                 functools.partial(modulated_layer_norm_reference, **static))(x, shift, scale)

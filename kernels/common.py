@@ -30,6 +30,18 @@ def triton_backend() -> ModuleType:
   return triton
 
 
+def with_reference_gradient(kernel: Callable[..., Any], reference: Callable[..., Any]) -> Callable[..., Any]:
+  """`kernel(*arrays)` (a kernel call without autodiff) differentiated as `reference(*arrays)`: the backward pass is
+  XLA's gradient of the reference, recomputed from the inputs (`jax.custom_vjp`). Bind static arguments first
+  (`functools.partial`)."""
+  @jax.custom_vjp
+  def fn(*arrays):
+    return kernel(*arrays)
+
+  fn.defvjp(lambda *arrays: (kernel(*arrays), arrays), lambda arrays, d_out: jax.vjp(reference, *arrays)[1](d_out))
+  return fn
+
+
 def jax_triton_modules(op: str) -> tuple[ModuleType, ModuleType, ModuleType]:
   """(jax_triton, triton, triton.language) for the jax-triton kernels, or an ImportError naming `op` and the fix
   (they are the optional `gpu` extra: jax-triton needs JAX ≥ 0.11)."""

@@ -24,7 +24,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from kernels.common import jax_triton_modules
+from kernels.common import jax_triton_modules, with_reference_gradient
 from liveedit_jax.fused import rms_norm_rope_reference
 
 Implementation = Literal["triton", "xla"]
@@ -68,7 +68,7 @@ def _triton_kernel():
   return jax_triton, triton, kernel
 
 
-def _triton(x, scale, cos, sin, num_heads: int, eps: float):
+def _triton(x, scale, cos, sin, *, num_heads: int, eps: float):
   jax_triton, triton, kernel = _triton_kernel()
   b, t, d = x.shape
   pairs = d // num_heads // 2
@@ -79,23 +79,6 @@ def _triton(x, scale, cos, sin, num_heads: int, eps: float):
       cos_batch_stride=t if cos.ndim == 3 else 0, eps=eps, block_tokens=_TOKENS_PER_PROGRAM,
       block_heads=triton.next_power_of_2(num_heads), block_pairs=triton.next_power_of_2(pairs),
       num_warps=_NUM_WARPS, name="rms_norm_rope")
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _fused(x, scale, cos, sin, num_heads, eps):
-  return _triton(x, scale, cos, sin, num_heads, eps)
-
-
-def _fused_fwd(x, scale, cos, sin, num_heads, eps):
-  return _triton(x, scale, cos, sin, num_heads, eps), (x, scale, cos, sin)
-
-
-def _fused_bwd(num_heads, eps, residuals, d_out):
-  reference = functools.partial(rms_norm_rope_reference, num_heads=num_heads, eps=eps)
-  return jax.vjp(reference, *residuals)[1](d_out)
-
-
-_fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 def rms_norm_rope(x: jax.Array, scale: jax.Array, cos: jax.Array, sin: jax.Array, *, num_heads: int,
@@ -121,4 +104,6 @@ def rms_norm_rope(x: jax.Array, scale: jax.Array, cos: jax.Array, sin: jax.Array
     return rms_norm_rope_reference(x, scale, cos, sin, num_heads=num_heads, eps=eps)
   if x.dtype != jnp.bfloat16:
     raise ValueError(f"rms_norm_rope(implementation='triton') takes a bfloat16 x, got {x.dtype}")
-  return _fused(x, scale, cos, sin, num_heads, eps)
+  static = dict(num_heads=num_heads, eps=eps)
+  return with_reference_gradient(functools.partial(_triton, **static),
+                                 functools.partial(rms_norm_rope_reference, **static))(x, scale, cos, sin)

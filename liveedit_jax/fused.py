@@ -12,7 +12,7 @@ XLA reference here, and `kernels.dispatch.enable()` registers "pallas", which ru
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ _IMPLS: dict[tuple[str, str], Callable] = {}
 
 def register_fused_impl(impl: str, op: FusedOp, fn: Callable) -> None:
   """Adds `fn`, with `op`'s signature, as implementation family `impl`'s version of `op` (used by `kernels/`)."""
-  if op not in ("modulated_layer_norm", "rms_norm_rope"):
+  if op not in get_args(FusedOp):
     raise ValueError(f"unknown fused op {op!r}")
   _IMPLS[(impl, op)] = fn
 
