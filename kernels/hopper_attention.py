@@ -22,9 +22,13 @@ Both passes visit only the tiles the mask does not hide entirely: a CTA sees at 
 other axis, computed in-kernel from the static mask (`_Geometry`); tiles cut by a mask edge (a chunk edge, the
 end of the sequence) are masked elementwise, all others run unmasked.
 
-Lengths need not be multiples of the tiles: the wrapper zero-pads (each half on its own for teacher forcing, so
-no tile holds clean and noisy rows) and slices back. Padding keys are seen by no row; padding rows see at least
-one real key (so their LSE stays finite) and are dropped. Head dim: a multiple of 64, at most 128 (the backward
+Lengths need not be multiples of the tiles, and nothing is padded to the tiles in HBM: the kernels see q, k, v,
+out and the gradients as a view [B·halves, L, N, E] (a reshape; two halves for teacher forcing, so that no tile
+holds clean and noisy rows; L rounded up to 8 rows, the one copy, only where T / halves is not a multiple of 8)
+and address tiles in padded coordinates, each half rounded up to the tiles. The part of a tile past L is a TMA
+copy out of bounds: it loads as zeros and is not stored. Padding keys are seen by no row; padding rows see at
+least one real key (so their LSE stays finite), have zero dO, and are not stored. Only the per-row statistics,
+LSE and delta [B, N, padded], live in padded coordinates. Head dim: a multiple of 64, at most 128 (the backward
 keeps dK, dV and a dQ tile in registers). bf16 or fp16 inputs, fp32 statistics and accumulation.
 
 GPU only (sm90). JAX 0.10.2's Mosaic GPU interpreter cannot run these kernels on CPU: it has no transposed
@@ -100,12 +104,6 @@ class _Geometry:
   kv_pad: int
   half_pad: int = 0
 
-  @property
-  def lengths(self) -> tuple[int, int]:
-    """The unpadded query and key lengths (both halves for teacher forcing)."""
-    halves = 2 if self.kind == "teacher_forcing" else 1
-    return halves * self.q_len, halves * self.kv_len
-
   def row_bounds(self, r):
     """(hi0, lo1, hi1) of rows r."""
     zero = jnp.zeros_like(r)
@@ -119,6 +117,17 @@ class _Geometry:
     c = (r - jnp.where(noisy, p, 0)) // c_tok
     start, stop = jnp.minimum(c * c_tok, n), jnp.minimum((c + 1) * c_tok, n)
     return jnp.where(noisy, start, stop), jnp.where(noisy, p + start, 0), jnp.where(noisy, p + stop, 0)
+
+  @property
+  def halves(self) -> int:
+    return 2 if self.kind == "teacher_forcing" else 1
+
+  def locate(self, r):
+    """Padded rows (or keys) r as (half, row within the [B·halves, L, ...] view) for the TMA copies."""
+    if self.kind != "teacher_forcing":
+      return 0, r
+    half = (r >= self.half_pad).astype(jnp.int32)
+    return half, r - half * self.half_pad
 
   def next_boundary(self, r):
     """The first row after r whose bounds may differ from r's."""
@@ -191,20 +200,32 @@ def geometry(mask: AttentionMask, q_len: int, kv_len: int, multiple: int) -> _Ge
   return _Geometry("teacher_forcing", mask.chunk_tokens, half, half, 2 * half_pad, 2 * half_pad, half_pad)
 
 
-def _to_padded(geo: _Geometry, x: jax.Array, padded: int) -> jax.Array:
-  """x [B, T, ...] in the kernels' padded layout [B, padded, ...]."""
-  if geo.kind != "teacher_forcing":
-    return common.pad_axis(x, 1, padded)
-  half = x.shape[1] // 2
-  return jnp.concatenate([common.pad_axis(x[:, :half], 1, geo.half_pad),
-                          common.pad_axis(x[:, half:], 1, geo.half_pad)], axis=1)
+_VIEW_ROWS = 8  # TMA copies of a tiled [8, 64] SMEM tile need the view's row count to be a multiple of 8
 
 
-def _from_padded(geo: _Geometry, x: jax.Array, length: int) -> jax.Array:
-  if geo.kind != "teacher_forcing":
-    return x[:, :length]
-  half = length // 2
-  return jnp.concatenate([x[:, :half], x[:, geo.half_pad:geo.half_pad + half]], axis=1)
+def _to_view(geo: _Geometry, x: jax.Array) -> jax.Array:
+  """x [B, T, N, E] as the kernels' view [B·halves, L, N, E], L = T / halves rounded up to 8 (a reshape, and a
+  zero-padding copy only where T / halves is not a multiple of 8)."""
+  view = x.reshape(x.shape[0] * geo.halves, x.shape[1] // geo.halves, *x.shape[2:])
+  return common.pad_axis(view, 1, common.round_up(view.shape[1], _VIEW_ROWS))
+
+
+def _from_view(geo: _Geometry, x: jax.Array, shape) -> jax.Array:
+  """The view [B·halves, L, N, E] back as [B, T, N, E] (`shape`)."""
+  return x[:, :shape[1] // geo.halves].reshape(shape)
+
+
+def _padded_rows(geo: _Geometry, x: jax.Array) -> jax.Array:
+  """Per-row statistics x [B, N, T] in padded coordinates [B, N, q_pad] (each half padded on its own)."""
+  halves = jnp.split(x, geo.halves, axis=2)
+  return jnp.concatenate([common.pad_axis(h, 2, geo.q_pad // geo.halves) for h in halves], axis=2)
+
+
+def _tile(geo: _Geometry, ref, b, r, size: int, *trailing):
+  """The [size, ...] tile of the view ref [B·halves, L, N, ...] at padded rows r of batch entry b (part of it may
+  lie past L: TMA loads those rows as zeros and does not store them)."""
+  half, local = geo.locate(r)
+  return ref.at[(b * geo.halves + half, pl.ds(local, size), *trailing)]
 
 
 def _mma(acc: jax.Array, a, b) -> jax.Array:
@@ -257,7 +278,7 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
       plgpu.set_max_registers(240, action="increase")
       row = cta_row + wg * bq
       q_smem = qo_smem.at[wg]
-      plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(row, bq), h], q_smem, q_bar.at[wg])
+      plgpu.copy_gmem_to_smem(_tile(geo, q_ref, b, row, bq, h), q_smem, q_bar.at[wg])
       plgpu.barrier_wait(q_bar.at[wg])
 
       def step(s, carry):
@@ -304,7 +325,7 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
       q_smem[...] = (acc / lax.broadcast_in_dim(l, acc.shape, [0])).astype(dtype)
       lse_smem.at[wg][...] = m * scale + jnp.log2(l)
       plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(q_smem, o_ref.at[b, pl.ds(row, bq), h])
+      plgpu.copy_smem_to_gmem(q_smem, _tile(geo, o_ref, b, row, bq, h))
       plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(row, bq)])
       plgpu.wait_smem_to_gmem(0)
 
@@ -313,9 +334,9 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
       plgpu.set_max_registers(24, action="decrease")
 
       def load(s, slot):
-        keys = (b, pl.ds(kv_tile(s) * bkv, bkv), h)
-        plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem.at[slot], k_bar.at[slot])
-        plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem.at[slot], v_bar.at[slot])
+        key0 = kv_tile(s) * bkv
+        plgpu.copy_gmem_to_smem(_tile(geo, k_ref, b, key0, bkv, h), k_smem.at[slot], k_bar.at[slot])
+        plgpu.copy_gmem_to_smem(_tile(geo, v_ref, b, key0, bkv, h), v_smem.at[slot], v_bar.at[slot])
 
       for s in range(stages):
         pl.when(s < n_steps)(functools.partial(load, s, s))
@@ -358,9 +379,10 @@ def _backward_kernel(st: _Static, dtype, head_dim: int):
       return jnp.where(s < n0, a0 + s, a1 + s - n0)
 
     def load(s, slot):  # issued by warpgroup 0; one barrier (4 arrivals) for the step's four copies
-      rows = pl.ds(q_tile(s) * bq, bq)
-      plgpu.copy_gmem_to_smem(q_ref.at[b, rows, h], q_smem.at[slot], tile_bar.at[slot])
-      plgpu.copy_gmem_to_smem(do_ref.at[b, rows, h], do_smem.at[slot], tile_bar.at[slot])
+      row = q_tile(s) * bq
+      rows = pl.ds(row, bq)
+      plgpu.copy_gmem_to_smem(_tile(geo, q_ref, b, row, bq, h), q_smem.at[slot], tile_bar.at[slot])
+      plgpu.copy_gmem_to_smem(_tile(geo, do_ref, b, row, bq, h), do_smem.at[slot], tile_bar.at[slot])
       plgpu.copy_gmem_to_smem(lse_ref.at[b, h, rows], lse_smem.at[slot], tile_bar.at[slot])
       plgpu.copy_gmem_to_smem(delta_ref.at[b, h, rows], delta_smem.at[slot], tile_bar.at[slot])
 
@@ -371,9 +393,9 @@ def _backward_kernel(st: _Static, dtype, head_dim: int):
 
     key = cta_key + wg * bkv
     my_k, my_v = k_smem.at[wg], v_smem.at[wg]
-    plgpu.copy_gmem_to_smem(k_ref.at[b, pl.ds(key, bkv), h], my_k, kv_bar.at[wg])
+    plgpu.copy_gmem_to_smem(_tile(geo, k_ref, b, key, bkv, h), my_k, kv_bar.at[wg])
     plgpu.barrier_wait(kv_bar.at[wg])
-    plgpu.copy_gmem_to_smem(v_ref.at[b, pl.ds(key, bkv), h], my_v, kv_bar.at[wg])
+    plgpu.copy_gmem_to_smem(_tile(geo, v_ref, b, key, bkv, h), my_v, kv_bar.at[wg])
     plgpu.barrier_wait(kv_bar.at[wg])
     cols = pl.ds(jnp.minimum(wg, dq_groups - 1) * _DQ_COLS, _DQ_COLS)  # E = 64: warpgroup 1's dQ is dropped
 
@@ -425,7 +447,7 @@ def _backward_kernel(st: _Static, dtype, head_dim: int):
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous reduce-add has read dq_smem
         dq_smem.at[wg][...] = dq
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(dq_smem.at[wg], dq_ref.at[b, pl.ds(row, bq), h, cols], reduction_op="add")
+        plgpu.copy_smem_to_gmem(dq_smem.at[wg], _tile(geo, dq_ref, b, row, bq, h, cols), reduction_op="add")
 
       plgpu.wgmma_wait(0)
       return dk_acc, dv_acc
@@ -440,8 +462,8 @@ def _backward_kernel(st: _Static, dtype, head_dim: int):
     my_k[...] = (dk * (head_dim ** -0.5)).astype(dtype)
     my_v[...] = dv.astype(dtype)
     plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(my_k, dk_ref.at[b, pl.ds(key, bkv), h])
-    plgpu.copy_smem_to_gmem(my_v, dv_ref.at[b, pl.ds(key, bkv), h])
+    plgpu.copy_smem_to_gmem(my_k, _tile(geo, dk_ref, b, key, bkv, h))
+    plgpu.copy_smem_to_gmem(my_v, _tile(geo, dv_ref, b, key, bkv, h))
     plgpu.wait_smem_to_gmem(0)
 
   def entry(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref):
@@ -474,47 +496,48 @@ def _kernel_call(entry, out_type, grid, grid_names, name, warpgroups: int):
   return call
 
 
-def _forward(qp, kp, vp, st: _Static):
-  """Padded q, k, v → padded out [B, Tp, N, E] and the log2-domain LSE [B, N, Tp]."""
-  b, t, n, e = qp.shape
-  n_q_ctas = t // (_COMPUTE_WGS * st.blocks.block_q)
-  out_type = (jax.ShapeDtypeStruct(qp.shape, qp.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32))
-  call = _kernel_call(_forward_kernel(st, qp.dtype, e, n_q_ctas), out_type, (n, n_q_ctas, b),
+def _forward(q, k, v, st: _Static):
+  """q, k, v [B, T, N, E] → out [B, T, N, E] and the log2-domain LSE [B, N, q_pad] (padded coordinates)."""
+  geo = st.geo
+  b, _, n, e = q.shape
+  n_q_ctas = geo.q_pad // (_COMPUTE_WGS * st.blocks.block_q)
+  q4, k4, v4 = (_to_view(geo, x) for x in (q, k, v))
+  out_type = (jax.ShapeDtypeStruct(q4.shape, q.dtype), jax.ShapeDtypeStruct((b, n, geo.q_pad), jnp.float32))
+  call = _kernel_call(_forward_kernel(st, q.dtype, e, n_q_ctas), out_type, (n, n_q_ctas, b),
                       ("heads", "q", "batch"), "hopper_attention_fwd", _COMPUTE_WGS + 1)
-  return call(qp, kp, vp)
+  out, lse = call(q4, k4, v4)
+  return _from_view(geo, out, q.shape), lse
 
 
-def _backward(qp, kp, vp, op, lse, dop, st: _Static):
-  b, t, n, e = qp.shape
-  delta = jnp.einsum("btne,btne->bnt", op.astype(jnp.float32), dop.astype(jnp.float32))
-  dq_acc = jax.new_ref(jnp.zeros(qp.shape, jnp.float32))
-  out_type = (jax.ShapeDtypeStruct(kp.shape, kp.dtype),) * 2
-  n_kv_ctas = kp.shape[1] // (_COMPUTE_WGS * _BWD_KEYS)
-  call = _kernel_call(_backward_kernel(st, qp.dtype, e), out_type, (n, n_kv_ctas, b), ("heads", "kv", "batch"),
+def _backward(q, k, v, out, lse, d_out, st: _Static):
+  """dq, dk, dv [B, T, N, E] from the forward's out and LSE and the cotangent d_out [B, T, N, E]."""
+  geo = st.geo
+  b, _, n, e = q.shape
+  delta = _padded_rows(geo, jnp.einsum("btne,btne->bnt", out.astype(jnp.float32), d_out.astype(jnp.float32)))
+  q4, k4, v4, do4 = (_to_view(geo, x) for x in (q, k, v, d_out))
+  dq_acc = jax.new_ref(jnp.zeros(q4.shape, jnp.float32))
+  out_type = (jax.ShapeDtypeStruct(k4.shape, k.dtype),) * 2
+  n_kv_ctas = geo.kv_pad // (_COMPUTE_WGS * _BWD_KEYS)
+  call = _kernel_call(_backward_kernel(st, q.dtype, e), out_type, (n, n_kv_ctas, b), ("heads", "kv", "batch"),
                       "hopper_attention_bwd", _COMPUTE_WGS)
-  dk, dv = call(qp, kp, vp, dop, lse, delta, dq_acc)
-  dq = (dq_acc[...] * e ** -0.5).astype(qp.dtype)
-  return dq, dk, dv
+  dk, dv = call(q4, k4, v4, do4, lse, delta, dq_acc)
+  dq = (dq_acc[...] * e ** -0.5).astype(q.dtype)
+  return _from_view(geo, dq, q.shape), _from_view(geo, dk, k.shape), _from_view(geo, dv, v.shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _attention(q, k, v, st: _Static):
-  return _attention_fwd(q, k, v, st)[0]
+  return _forward(q, k, v, st)[0]
 
 
 def _attention_fwd(q, k, v, st: _Static):
-  geo = st.geo
-  qp, kp, vp = _to_padded(geo, q, geo.q_pad), _to_padded(geo, k, geo.kv_pad), _to_padded(geo, v, geo.kv_pad)
-  op, lse = _forward(qp, kp, vp, st)
-  return _from_padded(geo, op, q.shape[1]), (qp, kp, vp, op, lse)
+  out, lse = _forward(q, k, v, st)
+  return out, (q, k, v, out, lse)
 
 
 def _attention_bwd(st: _Static, res, d_out):
-  qp, kp, vp, op, lse = res
-  geo = st.geo
-  dq, dk, dv = _backward(qp, kp, vp, op, lse, _to_padded(geo, d_out.astype(qp.dtype), geo.q_pad), st)
-  q_len, kv_len = geo.lengths
-  return _from_padded(geo, dq, q_len), _from_padded(geo, dk, kv_len), _from_padded(geo, dv, kv_len)
+  q, k, v, out, lse = res
+  return _backward(q, k, v, out, lse, d_out.astype(q.dtype), st)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

@@ -15,7 +15,7 @@ import pytest
 
 from kernels import common, dispatch
 from kernels.flash_attention import flash_attention_reference
-from kernels.hopper_attention import HopperBlocks, geometry, hopper_attention
+from kernels.hopper_attention import HopperBlocks, _from_view, _padded_rows, _to_view, geometry, hopper_attention
 from liveedit_jax.attention import FULL, AttentionMask, attention
 from tests.numerics import BF16_RTOL, rel_err
 
@@ -92,6 +92,35 @@ def test_geometry_is_the_dense_mask(mask, q_len, kv_len):
   bwd_runs = lambda n: [tuple(int(x) for x in geo.q_runs(t * 128, (t + 1) * 128, blocks.bwd_block_q))
                         for t in range(n)]
   _check_pass(geo, dense, blocks.bwd_block_q, 64, 1, bwd_runs)
+
+
+@pytest.mark.parametrize("mask, q_len, kv_len", GEOMETRY_CASES)
+def test_tiles_address_the_unpadded_view(mask, q_len, kv_len):
+  """The kernels copy tiles of the [B·halves, L, N, E] view at padded positions: each real position must land on
+  its own row of the view, each padding position past L (where TMA drops it), and no tile may span two halves;
+  the view holds x's rows there (L rounded up to 8) and maps back to x."""
+  blocks = HopperBlocks()
+  geo = geometry(mask, q_len, kv_len, blocks.multiple)
+  for length, padded in ((q_len, geo.q_pad), (kv_len, geo.kv_pad)):
+    view_len = length // geo.halves
+    half, local = (np.broadcast_to(np.asarray(x), (padded,)) for x in geo.locate(jnp.arange(padded)))
+    real = _real_positions(geo, length)
+    np.testing.assert_array_equal(half[real] * view_len + local[real], np.arange(length))
+    pad = np.setdiff1d(np.arange(padded), real)
+    assert (local[pad] >= view_len).all(), "a padding position addresses a real row"
+    tiles = half.reshape(-1, 64)
+    assert (tiles == tiles[:, :1]).all(), "a tile spans both halves"
+  x = jax.random.normal(jax.random.key(random.randrange(2**31)), (2, q_len, 3, 8))
+  view = np.asarray(_to_view(geo, x))
+  assert view.shape[1] % 8 == 0 and view.shape[1] - q_len // geo.halves < 8, view.shape
+  rows = geo.locate(jnp.asarray(_real_positions(geo, q_len)))
+  half, local = (np.broadcast_to(np.asarray(r), (q_len,)) for r in rows)
+  np.testing.assert_array_equal(view[np.arange(2)[:, None] * geo.halves + half, local], np.asarray(x))
+  np.testing.assert_array_equal(np.asarray(_from_view(geo, jnp.asarray(view), x.shape)), np.asarray(x))
+  stats = jax.random.normal(jax.random.key(random.randrange(2**31)), (2, 3, q_len))
+  padded_stats = np.asarray(_padded_rows(geo, stats))
+  np.testing.assert_array_equal(padded_stats[..., _real_positions(geo, q_len)], np.asarray(stats))
+  assert not padded_stats[..., np.setdiff1d(np.arange(geo.q_pad), _real_positions(geo, q_len))].any()
 
 
 def test_hopper_attention_rejects_bad_arguments(monkeypatch):
