@@ -17,9 +17,11 @@ adaLN modulation and the RMSNorm + RoPE of q (or k) of 32,760 tokens × 1,536 (m
 applications on distinct inputs per timed call).
 
 FLOPs are exact for the mask: 4 · (visible query-key pairs) · N · E for the forward, 3.5× that for
-forward+backward. Times are the minimum of --iters synchronised calls after 2 warm-up calls (the median is printed
-too). Each case runs in its own try/except: a failure (an OOM of the dense XLA path, a missing tokamax) is printed
-as that case's error and the others go on. Outputs are compared with the first baseline that ran (cuDNN, else XLA).
+forward+backward. The implementations of a case are timed in alternation (round i calls each once, the order
+rotated by i), so that all meet the same clocks of a GPU held at its power limit; times are the minimum of --iters
+synchronised calls after 2 warm-up rounds, and the median is printed too. Each case runs in its own try/except: a
+failure (an OOM of the dense XLA path, a missing tokamax) is printed as that case's error and the others go on.
+Outputs are compared with the first baseline that ran (cuDNN, else XLA).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from kernels.flash_attention import SMALL_BLOCKS, BlockSizes, flash_attention
 from kernels.hopper_attention import HopperBlocks, hopper_attention
 from kernels.routed_attention import routed_attention, routed_attention_reference
 from liveedit_jax.attention import FULL, AttentionMask, attention
-from liveedit_jax.bench.timing import time_call
+from liveedit_jax.bench.timing import time_interleaved
 
 BASELINES = ("cudnn", "tokamax_mosaic", "xla")
 OURS = ("hopper", "triton")  # the kernels of kernels/
@@ -223,34 +225,52 @@ def _rel_err(got, want) -> float:
   return max(errs)
 
 
+def _error(row: dict[str, Any], e: Exception) -> None:
+  row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+  if not isinstance(e, (ImportError, NotImplementedError)):
+    traceback.print_exc(file=sys.stderr)
+
+
 def run_case(case: Case, fns: dict[str, Callable[[], Callable]], args: tuple, iters: int, emit) -> dict[str, dict]:
+  """Compiles each implementation and checks it against the first baseline that runs, then times all of them in
+  alternation (`time_interleaved`: every implementation meets the same GPU clocks)."""
   results: dict[str, dict] = {}
+  compiled: dict[str, Callable] = {}
   reference = None
   for impl in [i for i in ("cudnn", "xla") if i in fns] + [i for i in fns if i not in ("cudnn", "xla")]:
     row: dict[str, Any] = {"case": case.name, "impl": impl}
+    results[impl] = row
     try:
       fn = _jitted(case, fns[impl]())
       start = time.perf_counter()
       out = jax.block_until_ready(fn(*args))
       row["compile_s"] = round(time.perf_counter() - start, 2)
-      timing = time_call(fn, *args, iters=iters)
-      ms, ms_median = timing["min_ms"] / case.repeats, timing["median_ms"] / case.repeats
-      row["ms"], row["ms_median"] = round(ms, 4), round(ms_median, 4)
-      if case.flops is not None:
-        row["tflops"] = float(f"{case.flops / (ms * 1e-3) / 1e12:.4g}")
-      if case.bytes is not None:
-        row["gbps"] = float(f"{case.bytes / (ms * 1e-3) / 1e9:.4g}")
       if reference is None:
         reference = (impl, out)
       else:
         row["rel_err_vs_" + reference[0]] = float(f"{_rel_err(out, reference[1]):.3g}")
       del out
+      compiled[impl] = fn
     except Exception as e:  # noqa: BLE001 - one failing case must not lose the others
-      row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-      if not isinstance(e, (ImportError, NotImplementedError)):
-        traceback.print_exc(file=sys.stderr)
-    results[impl] = row
-    emit(row)
+      _error(row, e)
+      emit(row)
+  del reference
+  try:
+    timings = time_interleaved(compiled, *args, iters=iters) if compiled else {}
+  except Exception as e:  # noqa: BLE001
+    for impl in compiled:
+      _error(results[impl], e)
+    timings = {}
+  for impl, timing in timings.items():
+    row = results[impl]
+    ms, ms_median = timing["min_ms"] / case.repeats, timing["median_ms"] / case.repeats
+    row["ms"], row["ms_median"] = round(ms, 4), round(ms_median, 4)
+    if case.flops is not None:
+      row["tflops"] = float(f"{case.flops / (ms * 1e-3) / 1e12:.4g}")
+    if case.bytes is not None:
+      row["gbps"] = float(f"{case.bytes / (ms * 1e-3) / 1e9:.4g}")
+  for impl in compiled:
+    emit(results[impl])
   return results
 
 
@@ -295,20 +315,22 @@ def _selected(fns: dict[str, Callable], impls: str) -> dict[str, Callable]:
   return {name: fn for name, fn in fns.items() if not impls or name.split()[0] in wanted}
 
 
-def _best(results: dict[str, dict], impls) -> float | None:
-  """The fastest time among `impls` in one case's results."""
-  times = [r["ms"] for i, r in results.items() if i in impls and "ms" in r]
+def _best(results: dict[str, dict], impls, key: str = "ms") -> float | None:
+  """The fastest time (`key`: "ms", the minimum, or "ms_median") among `impls` in one case's results."""
+  times = [r[key] for i, r in results.items() if i in impls and key in r]
   return min(times) if times else None
 
 
 def targets(all_results: dict[str, dict[str, dict]]) -> list[str]:
-  """The issue's targets: chunk-causal fwd+bwd ≥ 1.15× the best other path; ≥ 600 TFLOP/s forward."""
+  """The issue's targets: chunk-causal fwd+bwd ≥ 1.15× the best other path (judged on both the minimum and the
+  median time); ≥ 600 TFLOP/s forward."""
   out = []
   r = all_results.get("chunk_causal fwd+bwd", {})
-  ours, best = _best(r, OURS), _best(r, BASELINES)
-  if ours and best:
-    out.append(f"chunk-causal fwd+bwd: {best / ours:.2f}x the best other path (target ≥ 1.15x): "
-               f"{'met' if best / ours >= 1.15 else 'NOT met'}")
+  ratios = [(key, _best(r, BASELINES, key) / _best(r, OURS, key)) for key in ("ms", "ms_median")
+            if _best(r, OURS, key) and _best(r, BASELINES, key)]
+  if ratios:
+    out.append(f"chunk-causal fwd+bwd: {ratios[0][1]:.2f}x the best other path by minimum, {ratios[-1][1]:.2f}x by "
+               f"median (target ≥ 1.15x): {'met' if min(x for _, x in ratios) >= 1.15 else 'NOT met'}")
   for name in ("chunk_causal fwd", "teacher_forcing fwd"):
     tf = max((x.get("tflops", 0.0) for i, x in all_results.get(name, {}).items() if i in OURS), default=None)
     if tf:

@@ -2,6 +2,7 @@
 
 import json
 import random
+import time
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ from kernels import bench, dispatch
 from liveedit_jax import attention as attention_mod
 from liveedit_jax import fused
 from liveedit_jax.attention import AttentionMask, attention, attention_reference
+from liveedit_jax.bench.timing import time_interleaved
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import dit_forward, init_dit_params
 from tests.numerics import BF16_RTOL
@@ -124,3 +126,21 @@ def test_bench_smoke(tmp_path):
   assert "error" not in row and row["rel_err_vs_xla"] <= BF16_RTOL
   assert "error" in results["chunk_causal fwd+bwd"]["cudnn"]  # no cuDNN on CPU, reported, not raised
   assert set(dispatch.load_policy(out).ms["chunk_causal"]) == {"xla", "triton"}
+
+
+def test_time_interleaved_alternates_the_functions():
+  """Every round calls each function once, the order rotated by one per round; a function's times are its own."""
+  calls = []
+
+  def recorder(name, seconds):
+    def fn(x):
+      calls.append(name)
+      time.sleep(seconds)
+      return x
+    return fn
+
+  fns = {"a": recorder("a", 0.0), "b": recorder("b", 0.02), "c": recorder("c", 0.0)}
+  timings = time_interleaved(fns, jnp.zeros(3), warmup=1, iters=4)
+  assert calls == list("abc" "abc" "bca" "cab" "abc")
+  assert timings["b"]["min_ms"] >= 20.0 > timings["a"]["min_ms"]
+  assert all(t["min_ms"] <= t["median_ms"] and t["iters"] == 4 for t in timings.values())

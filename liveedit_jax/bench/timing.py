@@ -1,4 +1,4 @@
-"""Timing helpers for benchmarks: warm-up, then the median of repeated, synchronised calls."""
+"""Timing helpers for benchmarks: warm-up, then the median and minimum of repeated, synchronised calls."""
 
 from __future__ import annotations
 
@@ -11,14 +11,32 @@ import jax
 
 def time_call(fn: Callable[..., Any], *args: Any, warmup: int = 2, iters: int = 10) -> dict[str, float]:
   """Median / min wall-clock ms of `fn(*args)`, each call synchronised with `block_until_ready`."""
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(iters):
+  return time_interleaved({"fn": fn}, *args, warmup=warmup, iters=iters)["fn"]
+
+
+def time_interleaved(fns: dict[str, Callable[..., Any]], *args: Any, warmup: int = 2,
+                     iters: int = 10) -> dict[str, dict[str, float]]:
+  """Median / min ms of each fn(*args), timed in alternation: round i calls every function once, in an order
+  rotated by i. A GPU at its power limit lowers its clock within a second of sustained load and raises it again
+  when idle (an H200 under attention: 1980 MHz after a pause, 1600-1800 MHz under load, docs/benchmarks.md), so
+  timing one function after another hands the first one, or the one after a pause, the faster clock; in
+  alternation every function meets the same clocks."""
+  names = list(fns)
+
+  def call(name):
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append((time.perf_counter() - start) * 1e3)
-  return {"median_ms": statistics.median(times), "min_ms": min(times), "iters": iters}
+    jax.block_until_ready(fns[name](*args))
+    return (time.perf_counter() - start) * 1e3
+
+  for _ in range(warmup):
+    for name in names:
+      call(name)
+  times: dict[str, list[float]] = {name: [] for name in names}
+  for i in range(iters):
+    shift = i % len(names)
+    for name in names[shift:] + names[:shift]:
+      times[name].append(call(name))
+  return {name: {"median_ms": statistics.median(t), "min_ms": min(t), "iters": iters} for name, t in times.items()}
 
 
 def compile_seconds(jitted: Callable[..., Any], *args: Any) -> tuple[Any, float]:
