@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import datetime
 import functools
+import inspect
 import json
 import sys
 import time
@@ -120,6 +121,10 @@ def _tokamax_attention(case: Case, kv_length):
   """tokamax's Mosaic GPU kernel; chunk-causal through its private per-row k_end mask
   (../shared/reference/jax_anchors.md §2.4)."""
   import tokamax
+  from absl import flags
+  if not flags.FLAGS.is_parsed():  # tokamax reads absl flags, which would otherwise parse (and reject) our argv
+    flags.FLAGS.mark_as_parsed()
+  _tokamax_on_new_pallas()
   if case.mask.kind == "full":
     return lambda q, k, v: tokamax.dot_product_attention(q, k, v, key_value_seq_lengths=kv_length,
                                                          implementation="mosaic")
@@ -127,8 +132,34 @@ def _tokamax_attention(case: Case, kv_length):
     raise NotImplementedError("tokamax's Mask holds one key interval per row; teacher forcing needs two")
   from tokamax._src.ops.attention import api, base
   impl = api.IMPLEMENTATIONS["mosaic"] if "mosaic" in api.IMPLEMENTATIONS else api.IMPLEMENTATIONS["mosaic_gpu"]
+  # its kernel needs the length to be a multiple of its 128-row block: pad, padding rows see the real keys only
+  padded = -(-case.t // 128) * 128
   k_end = jnp.asarray(mask_tiles.row_intervals(case.mask, case.t, case.s)[:, 1])
-  return lambda q, k, v: impl(q, k, v, mask=base.Mask(k_end=k_end))
+  k_end = jnp.concatenate([k_end, jnp.full((padded - case.t,), case.s, k_end.dtype)])
+
+  def attend(q, k, v):
+    q, k, v = (jnp.pad(x, ((0, 0), (0, padded - case.t), (0, 0), (0, 0))) for x in (q, k, v))
+    return impl(q, k, v, mask=base.Mask(k_end=k_end))[:, :case.t]
+
+  return attend
+
+
+def _tokamax_on_new_pallas() -> None:
+  """tokamax 0.0.12 (the latest release) calls `plgpu.kernel(out_shape=..., scratch_shapes=...)`; JAX 0.11 names
+  these out_type and scratch_types. Renames them where the installed JAX lacks the old names."""
+  from jax.experimental.pallas import mosaic_gpu as plgpu
+  if "out_shape" in inspect.signature(plgpu.kernel).parameters or getattr(plgpu.kernel, "renames_old_names", False):
+    return
+  kernel = plgpu.kernel
+
+  def renamed(*args, **kwargs):
+    for old, new in (("out_shape", "out_type"), ("scratch_shapes", "scratch_types")):
+      if old in kwargs:
+        kwargs[new] = kwargs.pop(old)
+    return kernel(*args, **kwargs)
+
+  renamed.renames_old_names = True
+  plgpu.kernel = renamed
 
 
 def attention_fns(case: Case, kv_length, interpret: bool, blocks: BlockSizes) -> dict[str, Callable[[], Callable]]:

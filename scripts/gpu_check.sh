@@ -7,8 +7,9 @@
 #                                          forcing against cuDNN
 #   scripts/gpu_check.sh triton            the jax-triton kernels (adaLN, q/k RMSNorm + RoPE): GPU tests and bench
 #
-# Runs from the repository root with the device's own JAX (no install); optional wheels in .whl/ are installed
-# into /tmp/site first (see the device README). Each section has its own time limit so one slow section does not
+# Runs from the repository root with the device's own JAX (no install); optional wheels in .whl/ (jax-triton;
+# tokamax with the dependencies the image lacks, docs/benchmarks.md, fifth session) are installed into /tmp/site
+# first (see the device README). Each section has its own time limit so one slow section does not
 # lose the others' results.
 set -u
 cd "$(dirname "$0")/.."

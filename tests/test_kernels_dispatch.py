@@ -144,3 +144,20 @@ def test_time_interleaved_alternates_the_functions():
   assert calls == list("abc" "abc" "bca" "cab" "abc")
   assert timings["b"]["min_ms"] >= 20.0 > timings["a"]["min_ms"]
   assert all(t["min_ms"] <= t["median_ms"] and t["iters"] == 4 for t in timings.values())
+
+
+def test_tokamax_shim_renames_the_old_pallas_keywords(monkeypatch):
+  """tokamax 0.0.12 passes out_shape / scratch_shapes to plgpu.kernel; on a JAX without them the bench renames."""
+  from jax.experimental.pallas import mosaic_gpu as plgpu
+  seen = {}
+
+  def new_kernel(body, *, out_type=None, scratch_types=None, **mesh_kwargs):
+    seen.update(body=body, out_type=out_type, scratch_types=scratch_types, **mesh_kwargs)
+
+  monkeypatch.setattr(plgpu, "kernel", new_kernel)
+  bench._tokamax_on_new_pallas()
+  plgpu.kernel("body", out_shape="o", scratch_shapes="s", grid=(2,))
+  assert seen == {"body": "body", "out_type": "o", "scratch_types": "s", "grid": (2,)}
+  renamed = plgpu.kernel
+  bench._tokamax_on_new_pallas()
+  assert plgpu.kernel is renamed, "wrapped twice"
