@@ -18,7 +18,7 @@ def time_interleaved(fns: dict[str, Callable[..., Any]], *args: Any, warmup: int
                      iters: int = 10) -> dict[str, dict[str, float]]:
   """Median / min ms of each fn(*args), timed in alternation: round i calls every function once, in an order
   rotated by i. A GPU at its power limit lowers its clock within a second of sustained load and raises it again
-  when idle (an H200 under attention: 1980 MHz after a pause, 1600-1800 MHz under load, docs/benchmarks.md), so
+  when idle (an H200 under attention: 1980 MHz after a pause, about 1600-1850 MHz under load, docs/benchmarks.md), so
   timing one function after another hands the first one, or the one after a pause, the faster clock; in
   alternation every function meets the same clocks."""
   names = list(fns)
