@@ -6,16 +6,20 @@ The masks of `kernels.flash_attention` (full, chunk_causal, teacher_forcing) wit
 
   forward   CTA = 2 compute warpgroups × 64 query rows + 1 TMA warpgroup that streams [128, E] K and V tiles
             through a ring of SMEM stages. QKᵀ and PV on wgmma, exp2 online softmax in fp32 (the scale folded
-            into one FFMA per logit, 3-5 % faster than scaling the logits first), the two compute
-            warpgroups alternating softmax and tensor-core work on a schedule barrier. Writes out and the
-            log2-domain LSE (m + log2 l of the scaled logits).
+            into one FFMA per logit, 3-5 % faster than scaling the logits first). Each compute warpgroup issues
+            QKᵀ of tile s and PV of tile s - 1 together and runs the softmax of s while its PV is on the tensor
+            cores (FlashAttention-3's intra-warpgroup overlap: 2.6 % fewer cycles for teacher forcing); the two
+            warpgroups take turns issuing (ping-pong), so one's softmax also overlaps the other's matmuls.
+            Writes out and the log2-domain LSE (m + log2 l of the scaled logits).
   backward  one kernel of 2 warpgroups, each owning 64 of the CTA's 128 keys and its dK, dV [64, E] as fp32 wgmma
             accumulators for the whole loop. No TMA warpgroup: with two warpgroups each gets 255 registers and
-            ptxas spills nothing (with a third, at 240, it spilled 200-300 bytes per thread and ran 10-25 % slower).
+            ptxas spills 16 bytes per thread (with a third, at 240, it spilled 200-300 bytes and ran 10-25 %
+            slower).
             Warpgroup 0 issues the TMA loads of Q, dO [64, E], LSE and delta [64] a step ahead into a ring. Per
             query tile each warpgroup runs Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, dV += Pᵀ dO, publishes dSᵀ to SMEM, meets the
             other warpgroup there, then issues dQ[:, its 64 columns] = dS K over all 128 keys and dK += dSᵀ Q, and
-            adds its dQ slice to an fp32 dQ in HBM with a TMA reduce-add. Five matmuls per tile pair, where a dQ
+            adds its dQ slice to an fp32 dQ in HBM with a TMA reduce-add. dK += dSᵀ Q stays on the tensor cores
+            into the next step (3 % fewer cycles for chunk-causal). Five matmuls per tile pair, where a dQ
             pass plus a dK/dV pass needs seven (the FlashAttention-3 backward).
 
 Both passes visit only the tiles the mask does not hide entirely: a CTA sees at most two runs of tiles of the
@@ -260,7 +264,7 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
   scale = head_dim ** -0.5 * _LOG2E
 
   def body(q_ref, k_ref, v_ref, o_ref, lse_ref, qo_smem, k_smem, v_smem, lse_smem, q_bar, k_bar, v_bar, k_free,
-           v_free, sched):
+           v_free, turn):
     b, h, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
     cta_row = (n_q_ctas - 1 - lax.axis_index("q")) * (_COMPUTE_WGS * bq)  # heaviest tiles first
     n0, a1, n1 = geo.kv_runs(cta_row, cta_row + _COMPUTE_WGS * bq, bkv)
@@ -268,10 +272,6 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
 
     def kv_tile(s):
       return jnp.where(s < n0, s, a1 + s - n0)
-
-    def schedule_barrier():
-      plgpu.barrier_arrive(sched)
-      plgpu.barrier_wait(sched)
 
     @pl.when(wg < _COMPUTE_WGS)
     def _compute():
@@ -281,19 +281,14 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
       plgpu.copy_gmem_to_smem(_tile(geo, q_ref, b, row, bq, h), q_smem, q_bar.at[wg])
       plgpu.barrier_wait(q_bar.at[wg])
 
-      def step(s, carry):
-        acc, m, l = carry
+      def issue_qk(logits_ref, s):  # after this warpgroup's turn on the tensor cores has come
         slot = lax.rem(s, stages)
-        key0 = kv_tile(s) * bkv
         plgpu.barrier_wait(k_bar.at[slot])
+        plgpu.wgmma(logits_ref, q_smem, k_smem.at[slot].transpose((1, 0)))
 
-        def qk(ref):
-          plgpu.wgmma(ref, q_smem, k_smem.at[slot].transpose((1, 0)))
-          schedule_barrier()
-          return ref[...]
-
-        logits = pl.run_scoped(qk, plgpu.ACC((bq, bkv), jnp.float32))  # unscaled: the scale goes into exp2's FFMA
-        plgpu.barrier_arrive(k_free.at[slot])
+      def softmax(s, logits, m, l):  # logits [bq, bkv] unscaled: the scale goes into exp2's FFMA
+        plgpu.barrier_arrive(k_free.at[lax.rem(s, stages)])
+        key0 = kv_tile(s) * bkv
 
         def mask_edge(x):  # iotas built here, not hoisted: held across the loop they would cost 64 registers
           rows = row + plgpu.broadcasted_iota(jnp.int32, x.shape, 0, layout=plgpu.Layout.WGMMA)
@@ -304,24 +299,49 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
         m_new = jnp.maximum(m, logits.max(axis=1))  # m: the running maximum of the unscaled logits
         alpha = jnp.exp2((m - m_new) * scale)
         p = jnp.exp2(logits * scale - lax.broadcast_in_dim(m_new * scale, logits.shape, [0]))
-        acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-        l = l * alpha + p.sum(axis=1)
-        p16 = p.astype(dtype)
-        acc, l, m_new, p16 = lax.optimization_barrier((acc, l, m_new, p16))
-        plgpu.barrier_arrive(sched)  # softmax done: the other warpgroup may use the tensor cores
-        plgpu.barrier_wait(v_bar.at[slot])
-        plgpu.barrier_wait(sched)
-        acc = _mma(acc, p16, v_smem.at[slot])
-        plgpu.barrier_arrive(v_free.at[slot])
-        return acc, m_new, l
+        return p, m_new, l * alpha + p.sum(axis=1), alpha
 
+      def first_step(logits_ref):
+        plgpu.barrier_wait(turn.at[wg])
+        issue_qk(logits_ref, 0)
+        plgpu.barrier_arrive(turn.at[1 - wg])
+        return plgpu.wgmma_accumulator_load(logits_ref)
+
+      def step(s, carry):  # QKᵀ of tile s and PV of tile s - 1 on the tensor cores while the softmax of s runs
+        acc, m, l, p16 = carry
+        prev = lax.rem(s - 1, stages)
+
+        def overlapped(refs):
+          acc_ref, p_ref, m_ref, l_ref, alpha_ref = refs
+
+          def logits_of_s(logits_ref):
+            plgpu.barrier_wait(turn.at[wg])
+            issue_qk(logits_ref, s)
+            plgpu.barrier_wait(v_bar.at[prev])
+            plgpu.wgmma(acc_ref, p16, v_smem.at[prev])
+            plgpu.barrier_arrive(turn.at[1 - wg])
+            return plgpu.wgmma_accumulator_load(logits_ref, wait_n=1)  # PV of s - 1 still on the tensor cores
+
+          logits = pl.run_scoped(logits_of_s, plgpu.ACC((bq, bkv), jnp.float32))
+          p_ref[...], m_ref[...], l_ref[...], alpha_ref[...] = softmax(s, logits, m_ref[...], l_ref[...])
+
+        acc, p, m, l, alpha = pl.run_state(overlapped)(  # p and alpha: outputs only, their initial values unused
+            (plgpu.ACC.init(acc), jnp.zeros((bq, bkv), jnp.float32), m, l, m))
+        plgpu.barrier_arrive(v_free.at[prev])
+        return acc * lax.broadcast_in_dim(alpha, acc.shape, [0]), m, l, p.astype(dtype)
+
+      # turn[w]: warpgroup w may issue its matmuls; each passes the turn on once they are issued. 0 goes first.
+      pl.when(wg == 1)(lambda: plgpu.barrier_arrive(turn.at[0]))
       row_vector = plgpu.Layout.WGMMA.reduce(1)
-      carry = (plgpu.layout_cast(jnp.zeros((bq, head_dim), jnp.float32), plgpu.Layout.WGMMA),
-               plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), row_vector),
-               plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), row_vector))
-      pl.when(wg == 1)(schedule_barrier)
-      acc, m, l = lax.fori_loop(0, n_steps, step, carry)
-      pl.when(wg == 0)(schedule_barrier)
+      p, m, l, _ = softmax(0, pl.run_scoped(first_step, plgpu.ACC((bq, bkv), jnp.float32)),
+                           plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), row_vector),
+                           plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), row_vector))
+      acc = plgpu.layout_cast(jnp.zeros((bq, head_dim), jnp.float32), plgpu.Layout.WGMMA)
+      acc, m, l, p16 = lax.fori_loop(1, n_steps, step, (acc, m, l, p.astype(dtype)))
+      last = lax.rem(n_steps - 1, stages)
+      plgpu.barrier_wait(v_bar.at[last])
+      acc = _mma(acc, p16, v_smem.at[last])
+      plgpu.barrier_arrive(v_free.at[last])
       q_smem[...] = (acc / lax.broadcast_in_dim(l, acc.shape, [0])).astype(dtype)
       lse_smem.at[wg][...] = m * scale + jnp.log2(l)
       plgpu.commit_smem()
@@ -333,20 +353,22 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
     def _memory():
       plgpu.set_max_registers(24, action="decrease")
 
-      def load(s, slot):
-        key0 = kv_tile(s) * bkv
-        plgpu.copy_gmem_to_smem(_tile(geo, k_ref, b, key0, bkv, h), k_smem.at[slot], k_bar.at[slot])
-        plgpu.copy_gmem_to_smem(_tile(geo, v_ref, b, key0, bkv, h), v_smem.at[slot], v_bar.at[slot])
+      def load(ref, smem, bar, s, slot):
+        plgpu.copy_gmem_to_smem(_tile(geo, ref, b, kv_tile(s) * bkv, bkv, h), smem.at[slot], bar.at[slot])
 
       for s in range(stages):
-        pl.when(s < n_steps)(functools.partial(load, s, s))
+        @pl.when(s < n_steps)
+        def _():
+          load(k_ref, k_smem, k_bar, s, s)
+          load(v_ref, v_smem, v_bar, s, s)
 
       @pl.loop(stages, n_steps)
-      def _(s):  # refill a slot once both compute warpgroups are done with its K and V
+      def _(s):  # refill a slot's K once both compute warpgroups have its logits, its V once both ran its PV
         slot = lax.rem(s, stages)
         plgpu.barrier_wait(k_free.at[slot])
+        load(k_ref, k_smem, k_bar, s, slot)
         plgpu.barrier_wait(v_free.at[slot])
-        load(s, slot)
+        load(v_ref, v_smem, v_bar, s, slot)
 
   def entry(q_ref, k_ref, v_ref, o_ref, lse_ref):
     scratch = (_swizzled((_COMPUTE_WGS, bq, head_dim), dtype), _swizzled((stages, bkv, head_dim), dtype),
@@ -355,7 +377,7 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
                 plgpu.Barrier(num_barriers=stages),
                 plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
                 plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
-                plgpu.Barrier(num_arrivals=_COMPUTE_WGS))
+                plgpu.Barrier(num_barriers=_COMPUTE_WGS))
     pl.run_scoped(lambda *refs: body(q_ref, k_ref, v_ref, o_ref, lse_ref, *refs), *scratch, *barriers,
                   collective_axes="wg")
 
@@ -449,8 +471,7 @@ def _backward_kernel(st: _Static, dtype, head_dim: int):
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(dq_smem.at[wg], _tile(geo, dq_ref, b, row, bq, h, cols), reduction_op="add")
 
-      plgpu.wgmma_wait(0)
-      return dk_acc, dv_acc
+      return dk_acc, dv_acc  # dK += dSᵀ Q still on the tensor cores: the next step's wait for Sᵀ covers it
 
     def accumulate(dk_acc, dv_acc):
       dk_acc, dv_acc = lax.fori_loop(0, n_steps, step, (dk_acc, dv_acc))
