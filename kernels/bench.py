@@ -177,11 +177,18 @@ def attention_fns(case: Case, kv_length, interpret: bool, blocks: BlockSizes) ->
   return fns
 
 
+_DEFAULT_MEMORY = 120 * 2**30  # where the backend reports no memory limit (CPU)
+
+
 def _xla_attention(case: Case, kv_length):
-  """The dense XLA path, where its [N, T, S] float32 logits (and their gradient) fit in device memory."""
+  """The dense XLA path, where its [N, T, S] float32 logits (and their gradient) take at most half of the device
+  memory: on an 80 GB H100 (59 GiB for JAX) XLA compiled the 48 GiB of chunk-causal logits for over five minutes
+  (docs/benchmarks.md, sixth session), on an H200 (104 GiB) it runs them in 70 ms."""
   logit_bytes = 4 * case.heads * case.t * case.s * (3 if case.grad else 1)
-  if logit_bytes > 60 * 2**30:
-    raise NotImplementedError(f"dense XLA attention would need {logit_bytes / 2**30:.0f} GiB of logits")
+  limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit", _DEFAULT_MEMORY)
+  if logit_bytes > limit / 2:
+    raise NotImplementedError(f"dense XLA attention would need {logit_bytes / 2**30:.0f} GiB of logits, more than "
+                              f"half of the device's {limit / 2**30:.0f} GiB")
   return lambda q, k, v: attention(q, k, v, mask=case.mask, kv_length=kv_length, impl="xla")
 
 

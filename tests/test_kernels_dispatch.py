@@ -128,6 +128,21 @@ def test_bench_smoke(tmp_path):
   assert set(dispatch.load_policy(out).ms["chunk_causal"]) == {"xla", "triton"}
 
 
+def test_dense_xla_baseline_needs_its_logits_in_half_the_device_memory(monkeypatch):
+  """The bench's XLA path is skipped (an error row, not a minutes-long compile) where its fp32 logits exceed half of
+  the device memory, and built where they fit."""
+  case = next(c for c in bench.cases(small=False) if c.name == "chunk_causal fwd")
+  logit_bytes = 4 * case.heads * case.t * case.s
+  device = jax.devices()[0]
+  for limit, runs in ((2 * logit_bytes - 1, False), (2 * logit_bytes, True)):
+    monkeypatch.setattr(type(device), "memory_stats", lambda self, limit=limit: {"bytes_limit": limit})
+    if runs:
+      assert callable(bench._xla_attention(case, None))
+    else:
+      with pytest.raises(NotImplementedError, match=f"{logit_bytes / 2**30:.0f} GiB of logits"):
+        bench._xla_attention(case, None)
+
+
 def test_time_interleaved_alternates_the_functions():
   """Every round calls each function once, the order rotated by one per round; a function's times are its own."""
   calls = []
