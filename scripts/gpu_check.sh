@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # GPU tests and benchmarks in one call; results under $OUT (or ./out).
 #
-#   scripts/gpu_check.sh [SECTION ...]     SECTION: env tests stream mask vae kernels train e2e (default: all)
+#   scripts/gpu_check.sh [SECTION ...]     SECTION: env tests stream mask vae kernels train e2e (default: all),
+#                                          or one of the sections below
 #
 #   scripts/gpu_check.sh hopper            the Mosaic GPU kernel alone: its GPU tests, then chunk-causal and teacher
 #                                          forcing against cuDNN
+#   scripts/gpu_check.sh cycles            SM cycles of the Mosaic GPU kernels under Nsight Compute (clock-independent,
+#                                          for comparing kernel versions on a power-capped GPU)
 #   scripts/gpu_check.sh triton            the jax-triton kernels (adaLN, q/k RMSNorm + RoPE): GPU tests and bench
 #
 # Runs from the repository root with the device's own JAX (no install); optional wheels in .whl/ (jax-triton;
@@ -43,6 +46,10 @@ for section in "${sections[@]}"; do
     vae) run bench_vae 240 python3 -m liveedit_jax.bench vae ;;
     hopper) run hopper_tests 300 python3 -m pytest -q -x -m gpu -p no:cacheprovider --tb=short tests/test_kernels_hopper.py
             run bench_hopper 270 python3 -m kernels.bench --impls hopper,cudnn --only _ ;;
+    cycles) run ncu_cycles 300 bash -c '/usr/local/cuda/bin/ncu --clock-control none --csv --print-units base \
+              --metrics gpu__time_duration.sum,sm__cycles_elapsed.max -k regex:entry_mosaic --log-file "$0" \
+              python3 -m kernels.bench --impls hopper --only _ --iters 3 >/dev/null' "$OUT/ncu_cycles.csv"
+            run ncu_summary 30 python3 scripts/ncu_summary.py "$OUT/ncu_cycles.csv" ;;
     triton) run triton_tests 240 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
               tests/test_kernels_adaln.py tests/test_kernels_rms_norm_rope.py
             run bench_adaln 120 python3 -m kernels.bench --only adaln --iters 20
