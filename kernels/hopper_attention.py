@@ -281,10 +281,13 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
       plgpu.copy_gmem_to_smem(_tile(geo, q_ref, b, row, bq, h), q_smem, q_bar.at[wg])
       plgpu.barrier_wait(q_bar.at[wg])
 
-      def issue_qk(logits_ref, s):  # after this warpgroup's turn on the tensor cores has come
+      def take_turn(logits_ref, s, issue_pv=lambda: None):  # issue QKᵀ of tile s (and a PV) on the tensor cores
+        plgpu.barrier_wait(turn.at[wg])
         slot = lax.rem(s, stages)
         plgpu.barrier_wait(k_bar.at[slot])
         plgpu.wgmma(logits_ref, q_smem, k_smem.at[slot].transpose((1, 0)))
+        issue_pv()
+        plgpu.barrier_arrive(turn.at[1 - wg])
 
       def softmax(s, logits, m, l):  # logits [bq, bkv] unscaled: the scale goes into exp2's FFMA
         plgpu.barrier_arrive(k_free.at[lax.rem(s, stages)])
@@ -302,9 +305,7 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
         return p, m_new, l * alpha + p.sum(axis=1), alpha
 
       def first_step(logits_ref):
-        plgpu.barrier_wait(turn.at[wg])
-        issue_qk(logits_ref, 0)
-        plgpu.barrier_arrive(turn.at[1 - wg])
+        take_turn(logits_ref, 0)
         return plgpu.wgmma_accumulator_load(logits_ref)
 
       def step(s, carry):  # QKᵀ of tile s and PV of tile s - 1 on the tensor cores while the softmax of s runs
@@ -314,12 +315,12 @@ def _forward_kernel(st: _Static, dtype, head_dim: int, n_q_ctas: int):
         def overlapped(refs):
           acc_ref, p_ref, m_ref, l_ref, alpha_ref = refs
 
-          def logits_of_s(logits_ref):
-            plgpu.barrier_wait(turn.at[wg])
-            issue_qk(logits_ref, s)
+          def issue_pv():
             plgpu.barrier_wait(v_bar.at[prev])
             plgpu.wgmma(acc_ref, p16, v_smem.at[prev])
-            plgpu.barrier_arrive(turn.at[1 - wg])
+
+          def logits_of_s(logits_ref):
+            take_turn(logits_ref, s, issue_pv)
             return plgpu.wgmma_accumulator_load(logits_ref, wait_n=1)  # PV of s - 1 still on the tensor cores
 
           logits = pl.run_scoped(logits_of_s, plgpu.ACC((bq, bkv), jnp.float32))
