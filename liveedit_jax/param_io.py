@@ -2,6 +2,8 @@
 
 A converted model directory is self-describing: `config.json` holds `{"kind": ..., "config": {...}}`, where kind
 names the model family ("dit", "vae", "umt5") so that a loader refuses a directory of the wrong family by name.
+The params are an Orbax checkpoint (`params/`), or one `params.safetensors` file whose keys are the tree paths
+joined by "/" (the small models shipped inside the package: one file, no pickles, readable by any framework).
 """
 
 from __future__ import annotations
@@ -19,13 +21,21 @@ import orbax.checkpoint as ocp
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+SAFETENSORS_FILE = "params.safetensors"
+
+
+def _flat_keys(params: Any) -> dict[str, Any]:
+  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
 
 
 def save_params(path: str | os.PathLike, kind: str, config: dict[str, Any], params: Any,
-                overwrite: bool = False, files: Mapping[str, str | os.PathLike] | None = None) -> Path:
+                overwrite: bool = False, files: Mapping[str, str | os.PathLike] | None = None,
+                safetensors: bool = False) -> Path:
   """Writes config + params to `path` atomically: everything goes to a sibling temp dir, renamed at the end.
 
   files: extra files to place beside the weights, {name inside `path`: source file} (e.g. a tokenizer).
+  safetensors: one `params.safetensors` (keys "a/b/c") instead of an Orbax checkpoint.
   """
   path = Path(path).absolute()
   if path.exists() and not overwrite:
@@ -35,9 +45,15 @@ def save_params(path: str | os.PathLike, kind: str, config: dict[str, Any], para
   try:
     tmp.mkdir()
     (tmp / CONFIG_FILE).write_text(json.dumps({"kind": kind, "config": config}, indent=2, sort_keys=True))
-    with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(tmp / PARAMS_DIR, params)
-      ckptr.wait_until_finished()
+    if safetensors:
+      from safetensors.numpy import save_file  # noqa: PLC0415
+
+      save_file({k: np.ascontiguousarray(v) for k, v in _flat_keys(jax.device_get(params)).items()},
+                str(tmp / SAFETENSORS_FILE))
+    else:
+      with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(tmp / PARAMS_DIR, params)
+        ckptr.wait_until_finished()
     for name, src in (files or {}).items():
       (tmp / name).parent.mkdir(parents=True, exist_ok=True)
       shutil.copyfile(src, tmp / name)
@@ -69,6 +85,8 @@ def load_params(path: str | os.PathLike, abstract_params: Any | None = None) -> 
     shapes are checked against the stored tree and every difference is reported by name.
   """
   path = Path(path).absolute()
+  if (path / SAFETENSORS_FILE).is_file():
+    return _load_safetensors(path / SAFETENSORS_FILE, abstract_params)
   with ocp.StandardCheckpointer() as ckptr:
     if abstract_params is None:
       return ckptr.restore(path / PARAMS_DIR)
@@ -77,6 +95,44 @@ def load_params(path: str | os.PathLike, abstract_params: Any | None = None) -> 
     stored = getattr(stored, "tree", stored)
     _check_tree(stored, abstract_params, path)
     return ckptr.restore(path / PARAMS_DIR, abstract_params)
+
+
+def _load_safetensors(file: Path, abstract_params: Any | None) -> Any:
+  """A `params.safetensors` file as the tree of `abstract_params` (cast to its dtypes, placed on its shardings),
+  or as a nested dict of numpy arrays without one."""
+  from safetensors import SafetensorError  # noqa: PLC0415
+  from safetensors.numpy import load_file  # noqa: PLC0415
+
+  try:
+    flat = load_file(str(file))
+  except (SafetensorError, OSError, ValueError) as e:
+    raise ValueError(f"{file} is not a readable safetensors file ({e}); restore it from the project's git "
+                     f"checkout or reinstall the package") from None
+  if abstract_params is None:
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+      *parents, leaf = key.split("/")
+      node = tree
+      for name in parents:
+        node = node.setdefault(name, {})
+      node[leaf] = value
+    return tree
+  expected = _flat_keys(abstract_params)
+  problems = [f"missing {k} (expected shape {tuple(v.shape)})" for k, v in expected.items() if k not in flat]
+  problems += [f"unexpected {k}" for k in flat if k not in expected]
+  problems += [f"{k}: expected shape {tuple(v.shape)}, found {flat[k].shape}" for k, v in expected.items()
+               if k in flat and tuple(flat[k].shape) != tuple(v.shape)]
+  if problems:
+    raise ValueError(f"{file}: stored parameters do not match the config:\n  " + "\n  ".join(problems))
+  leaves_with_paths = jax.tree_util.tree_leaves_with_path(abstract_params)
+  treedef = jax.tree_util.tree_structure(abstract_params)
+  keys = list(expected)
+  leaves = []
+  for key, (_, leaf) in zip(keys, leaves_with_paths):
+    value = flat[key].astype(leaf.dtype)
+    sharding = getattr(leaf, "sharding", None)
+    leaves.append(jax.device_put(value, sharding) if sharding is not None else jax.numpy.asarray(value))
+  return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def _check_tree(stored: Any, expected: Any, path: Path) -> None:
