@@ -109,6 +109,10 @@ UMT5_PRESETS: dict[str, UMT5Config] = {
     # exercise the separate attention width. The vocabulary covers a test tokenizer's 256 pieces + 100 sentinels.
     "tiny": UMT5Config(name="tiny", vocab_size=389, dim=40, num_heads=3, head_dim=7, ffn_dim=53, num_layers=2,
                        text_len=16),
+    # The default model's text encoder: umT5 at width 128 over the procedural benchmark's word vocabulary
+    # (train/text_encoder.py), kept at its random init (the DiT's cross-attention learns to read it).
+    "synth": UMT5Config(name="synth", vocab_size=128, dim=128, num_heads=4, head_dim=32, ffn_dim=256, num_layers=2,
+                        text_len=24),
 }
 UMT5Config.PRESETS = UMT5_PRESETS
 

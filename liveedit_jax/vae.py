@@ -135,6 +135,11 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     "wan2.1-vae": VAEConfig(),
     # Every component at toy widths, for tests: shortcuts in both directions, 2-D and 3-D resamplers, attention.
     "tiny": VAEConfig(name="tiny", dim=8, dim_mult=(1, 2, 3, 3)),
+    # The default model's autoencoder (train/autoencoder.py): Wan's architecture at width 16 with one block a
+    # stage and two downsampling stages, so 4× space and 4× time. Its latent statistics are measured after
+    # training and stored in the trained directory's config; the preset's identity statistics are the untrained ones.
+    "synth": VAEConfig(name="synth", dim=16, dim_mult=(1, 2, 4), num_res_blocks=1, temporal_downsample=(True, True),
+                       latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16),
 }
 VAEConfig.PRESETS = VAE_PRESETS
 
