@@ -286,3 +286,50 @@ def test_camera_and_objects_move():
   assert (steps > 0.5).all()
   one = syn.make_example("train", 5, frames=1, height=64, width=64)
   assert one.source.shape == (1, 64, 64, 3)
+
+
+def _dark_reference(texture, x, y):
+  """Where a texture shows its second colour, from the pattern's definition (points, no distances)."""
+  if texture == "stripes":
+    return np.abs(np.mod(x / syn._STRIPE_PERIOD, 1) - 0.5) < 0.25
+  if texture == "checker":
+    cell = lambda c: np.floor(2 * c / syn._CHECKER_PERIOD + 0.5) % 2 == 1      # the bands centred on half periods
+    return cell(x) != cell(y)
+  nearest = lambda c: (np.floor(c / syn._DOT_PERIOD) + 0.5) * syn._DOT_PERIOD
+  return np.hypot(x - nearest(x), y - nearest(y)) < syn._DOT_RADIUS
+
+
+@pytest.mark.parametrize("texture", ["stripes", "checker", "dots"])
+def test_texture_weight_is_the_supersampled_pattern(texture):
+  rng = np.random.default_rng()
+  px = 128.0                                                  # pixels per world unit, as at 128×128
+  angle, shift = rng.uniform(0, np.pi), rng.uniform(0, 1, 2)
+  c, s = math.cos(angle), math.sin(angle)
+  size, sub = 40, 16
+  def local(points):                                          # pixel coordinates → turned object-local units
+    gx, gy = points
+    return (c * gx + s * gy) / px + shift[0], (c * gy - s * gx) / px + shift[1]
+  centres = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5)
+  weight = syn.texture_weight(texture, *local(centres), np.float32(px))
+  fine = np.meshgrid((np.arange(size * sub) + 0.5) / sub, (np.arange(size * sub) + 0.5) / sub)
+  dense = _dark_reference(texture, *local(fine)).reshape(size, sub, size, sub).mean((1, 3))
+  error = np.abs(weight - dense)
+  # Straight pattern edges are exact to the sampling; the checker's corners and the dots' curvature are near.
+  assert error.mean() < 0.015, error.mean()
+  assert error.max() < (0.12 if texture == "checker" else 0.1), error.max()
+  assert 0.1 < weight.mean() < 0.6 and ((weight > 0.05) & (weight < 0.95)).any()
+  assert syn.texture_weight("solid", *local(centres), np.float32(px)) is None
+
+
+def test_picture_entry_point(tmp_path):
+  from PIL import Image
+  path = tmp_path / "edits.png"
+  syn.main(["--picture", str(path)])
+  with Image.open(path) as picture:
+    assert picture.size == (3 * 128 + 4 * 6, 18 + 5 * (18 + 128 + 6))
+    pixels = np.asarray(picture.convert("RGB"))
+  assert path.stat().st_size < 300_000
+  # The third column of the none row is an empty mask: black.
+  top = 18 + 4 * (18 + 128 + 6) + 18
+  left = 6 + 2 * (128 + 6)
+  assert (pixels[top:top + 128, left:left + 128] == 0).all()
