@@ -252,10 +252,10 @@ def parity(ref) -> None:
           f"({np.mean(np.abs(ref_dec) >= 1):.1%} of the reference's pixels clamped); stream: 2 chunks of 12 frames "
           f"→ 3 latents → 9, 12 frames, against StreamingTAEHV frame by frame")
     print("  ‖out − ref‖/‖ref‖ against the reference in float32:")
-    print(f"  {'run':23s} {'encode':>9s} {'decode':>9s} {'stream enc':>11s} {'stream dec':>11s}")
+    print(f"  {'run':27s} {'encode':>9s} {'decode':>9s} {'stream enc':>11s} {'stream dec':>11s}")
     for (who, dtype), errors in rows.items():
       label = f"{'ours, ' + who if who != 'reference' else 'reference'} {dtype}"
-      print(f"  {label:23s} " + " ".join(f"{e:9.2e}" if i < 2 else f"{e:11.2e}" for i, e in enumerate(errors)))
+      print(f"  {label:27s} " + " ".join(f"{e:9.2e}" if i < 2 else f"{e:11.2e}" for i, e in enumerate(errors)))
 
 
 def main() -> None:

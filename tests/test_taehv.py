@@ -209,6 +209,16 @@ def test_pixel_shuffles_match_torch():
   np.testing.assert_array_equal(taehv._shuffle(jnp.asarray(want), 2), x)
 
 
+def test_upsampled_conv_is_upsample_then_conv():
+  """The decoder's phase-split conv equals torch's nearest 2× upsample then 3×3 conv (odd sizes, a bias)."""
+  rng = np.random.default_rng(random.randrange(2**31))
+  x, kernel, bias = (rng.standard_normal(shape).astype(np.float32) for shape in ((2, 5, 7, 3), (3, 3, 3, 4), (4,)))
+  up = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), scale_factor=2, mode="nearest")
+  dense = torch.nn.functional.conv2d(up, torch.from_numpy(kernel).permute(3, 2, 0, 1), torch.from_numpy(bias),
+                                     padding=1).permute(0, 2, 3, 1).numpy()
+  assert rel_err(taehv._conv_upsampled(jnp.asarray(x), kernel, bias, jnp.float32), dense) <= FP32_RTOL
+
+
 def test_time_pool_and_grow_match_torch():
   """The reference's TPool / TGrow reshapes of [N·T, C, H, W] (frames side by side on channels, in order)."""
   rng = np.random.default_rng(random.randrange(2**31))
