@@ -62,6 +62,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from liveedit_jax import param_io
 from liveedit_jax.config import _DTYPES, PresetConfig
@@ -162,7 +163,7 @@ def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, stride: int, 
 # Nearest 2× upsampling then a 3-tap conv, per output phase i ∈ {0, 1}: output row 2y + i reads upsampled rows
 # 2y + i − 1 … 2y + i + 1, i.e. input rows (y − 1, y) for i = 0 and (y, y + 1) for i = 1, with the taps summed as
 # these matrices say (rows: the 2 input rows, columns: the 3 taps).
-_PHASE_TAPS = jnp.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], jnp.float32)
+_PHASE_TAPS = np.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], np.float32)
 
 
 def _conv_upsampled(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype) -> jax.Array:
