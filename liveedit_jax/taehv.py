@@ -287,8 +287,8 @@ def _run_blocks(dtype, param_dtype, prefix: str, x: jax.Array, cache: Cache | No
 
 
 class Encoder(nn.Module):
-  """frames [B, T, H, W, 3] in [0, 1] → latents [B, T/time_downscale, H/s, W/s, z] in the compute dtype, with
-  the MemBlocks' memories. T must be a multiple of time_downscale."""
+  """frames [B, T, H, W, 3] in [0, 1] → latents [B, T/time_downscale, H/s, W/s, z] float32, with the MemBlocks'
+  memories. T must be a multiple of time_downscale."""
 
   config: TAEHVConfig
 
