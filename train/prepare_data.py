@@ -1,4 +1,4 @@
-"""Builds training shards (`train/shards.py`) from one of three inputs.
+"""Builds training shards (`train/shards.py`) from one of four inputs.
 
     # random latents and prompt embeddings at a config's sizes (smoke tests)
     python -m train.prepare_data --config tiny --synthetic 64 --out data/tiny
@@ -7,6 +7,10 @@
     # paired videos and prompts, encoded with the Wan VAE and umT5 (converted with convert.wan_vae / convert.umt5)
     python -m train.prepare_data --videos pairs.jsonl --vae checkpoints/wan2.1-vae \
         --text-encoder checkpoints/umt5-xxl --frames 81 --out data/liveedit-latents
+    # clips of the procedural editing benchmark (liveedit_jax/synthetic.py) through the same encoders, with an
+    # edits.jsonl of their instructions and edits (train/synthetic_data.py)
+    python -m train.prepare_data --synthetic-edits 4096 --split train --frames 33 --height 128 --width 128 \
+        --vae runs/synth/vae --text-encoder runs/synth/text_encoder --out data/synth-train
 
 A line of pairs.jsonl is {"source": "a.mp4", "target": "a_edit.mp4", "prompt": "..."} (paths relative to the
 file). Videos are read at their own size, which must be a multiple of 8, and cut to their first `--frames` frames
@@ -22,6 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
+from liveedit_jax.synthetic import SPLITS
 from train.configs import TRAIN_PRESETS, TrainConfig
 from train.shards import ShardWriter
 
@@ -116,12 +121,19 @@ def main(argv: list[str] | None = None) -> None:
   source.add_argument("--synthetic", type=int, metavar="N", help="N random examples at --config's sizes")
   source.add_argument("--latents", type=Path, metavar="DIR", help="a directory of .npy triples")
   source.add_argument("--videos", type=Path, metavar="JSONL", help="a manifest of video pairs and prompts")
+  source.add_argument("--synthetic-edits", type=int, metavar="N",
+                      help="N clips of the procedural benchmark's --split through --vae and --text-encoder "
+                           "(train/synthetic_data.py; needs --height and --width)")
   parser.add_argument("--out", required=True, help="the shard directory to create")
   parser.add_argument("--config", default="tiny", choices=sorted(TRAIN_PRESETS), help="sizes for --synthetic")
-  parser.add_argument("--seed", type=int, default=0, help="for --synthetic")
-  parser.add_argument("--vae", help="converted VAE directory (--videos)")
-  parser.add_argument("--text-encoder", help="converted umT5 directory (--videos)")
-  parser.add_argument("--frames", type=int, default=81, help="video frames per clip (--videos)")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="for --synthetic; for --synthetic-edits the first clip index")
+  parser.add_argument("--vae", help="converted VAE directory (--videos, --synthetic-edits)")
+  parser.add_argument("--text-encoder", help="converted umT5 directory (--videos, --synthetic-edits)")
+  parser.add_argument("--frames", type=int, default=81, help="video frames per clip (--videos, --synthetic-edits)")
+  parser.add_argument("--split", default="train", choices=SPLITS, help="benchmark split (--synthetic-edits)")
+  parser.add_argument("--height", type=int, help="frame height (--synthetic-edits; required)")
+  parser.add_argument("--width", type=int, help="frame width (--synthetic-edits; required)")
   parser.add_argument("--shard-size", type=int, default=256)
   parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="storage dtype")
   args = parser.parse_args(argv)
@@ -130,6 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     examples = synthetic_examples(TrainConfig.preset(args.config, stage=1), args.synthetic, args.seed)
   elif args.latents is not None:
     examples = latent_examples(args.latents)
+  elif args.synthetic_edits is not None:
+    from train.synthetic_data import SyntheticEdits
+
+    examples = SyntheticEdits.from_args(args, parser)
   else:
     if not (args.vae and args.text_encoder):
       parser.error("--videos needs --vae and --text-encoder")
@@ -138,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
 
     examples = video_examples(args.videos, *load_vae(args.vae), load_text_encoder(args.text_encoder), args.frames)
   path = write(args.out, examples, args.shard_size, args.dtype)
+  if args.synthetic_edits is not None:
+    examples.write_sidecar(path)
   print(json.dumps({"out": str(path), **{k: v for k, v in json.loads((path / "index.json").read_text()).items()
                                          if k != "shards"}}))
 
