@@ -93,7 +93,7 @@ _forward = jax.jit(umt5_forward, static_argnums=0)
 
 def test_presets():
   assert UMT5Config.preset("tiny", num_layers=3).num_layers == 3
-  with pytest.raises(ValueError, match=r"unknown umT5 preset 'xl'; valid presets: \['tiny', 'umt5-xxl'\]"):
+  with pytest.raises(ValueError, match=r"unknown umT5 preset 'xl'; valid presets: \['synth', 'tiny', 'umt5-xxl'\]"):
     UMT5Config.preset("xl")
   with pytest.raises(ValueError, match="compute_dtype must be one of"):
     UMT5Config.preset("tiny", compute_dtype="int8")

@@ -211,7 +211,7 @@ def test_wan_sizes_match_spec():
 
 def test_configs():
   assert vae.VAEConfig.preset("tiny", compute_dtype="bfloat16").dtype == jnp.bfloat16
-  with pytest.raises(ValueError, match=r"unknown VAE preset 'nope'; valid presets: \['tiny', 'wan2.1-vae'\]"):
+  with pytest.raises(ValueError, match=r"unknown VAE preset 'nope'; valid presets: \['synth', 'tiny', 'wan2.1-vae'\]"):
     vae.VAEConfig.preset("nope")
   with pytest.raises(ValueError, match="temporal_downsample needs one entry per downsampling stage"):
     vae.VAEConfig(temporal_downsample=(True,))
