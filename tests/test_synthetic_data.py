@@ -1,7 +1,7 @@
 """`python -m train.prepare_data --synthetic-edits`: shards of benchmark clips through a VAE and a text encoder.
 
 Tiny random model directories (`write_tiny_models`, shared with tests/test_evaluate.py): tests/test_stream_cli.py's
-DiT and VAE configs and `random_vae_params`, and a umT5 with tests/test_umt5_tokenizer.py's sentencepiece model and
+DiT config, VAE at 4× (below) and `random_vae_params`, and a umT5 with tests/test_umt5_tokenizer.py's sentencepiece model and
 tests/test_umt5.py's random weights. Clips of 9 frames at 32×48.
 """
 
@@ -19,7 +19,8 @@ from liveedit_jax.umt5 import KIND as UMT5_KIND
 from liveedit_jax.umt5 import TOKENIZER_DIR, encode_prompts, load_text_encoder
 from liveedit_jax.vae import load_vae, vae_encode
 from liveedit_jax.video_io import to_float
-from tests.test_stream_cli import DIT, VAE, random_vae_params
+from tests.test_stream_cli import DIT, random_vae_params
+from tests.test_stream_cli import VAE as VAE8
 from tests.test_umt5 import TINY as UMT5_TINY
 from tests.test_umt5 import random_params as random_umt5_params
 from tests.test_umt5_tokenizer import write_tokenizer
@@ -30,17 +31,21 @@ from train.synthetic_data import read_edits
 pytestmark = pytest.mark.filterwarnings("ignore:prompt 0 has:UserWarning")  # the test tokenizer splits words finely
 
 FRAMES, H, W = 9, 32, 48
+# 4× space and time like the synth VAE: two stages compile faster than the tiny preset's three, and its tokens of
+# 4 × 2 = 8 pixels differ from metrics.token_mask's default 16, so a test sees whether the geometry is passed.
+VAE = VAE8.replace(dim_mult=(1, 2, 2), temporal_downsample=(True, True))
 
 
 def write_tiny_models(root, seed=0, dit=True):
   """Converted-style directories {"dit", "vae", "text_encoder"} of random tiny models under `root` (without the
   DiT when `dit` is False)."""
   rng = np.random.default_rng(seed)
-  param_io.save_params(root / "vae", "vae", VAE.to_dict(), random_vae_params(VAE, rng))
+  # One safetensors file each: faster to write and read than an Orbax checkpoint.
+  param_io.save_params(root / "vae", "vae", VAE.to_dict(), random_vae_params(VAE, rng), safetensors=True)
   tokenizer = write_tokenizer(root / "tokenizer")
   param_io.save_params(root / "text_encoder", UMT5_KIND, {**UMT5_TINY.to_dict(), "fingerprint": f"test-{seed}"},
                        random_umt5_params(UMT5_TINY, seed),
-                       files={f"{TOKENIZER_DIR}/spiece.model": tokenizer / "spiece.model"})
+                       files={f"{TOKENIZER_DIR}/spiece.model": tokenizer / "spiece.model"}, safetensors=True)
   dirs = {name: str(root / name) for name in ("vae", "text_encoder")}
   if not dit:
     return dirs
@@ -48,7 +53,7 @@ def write_tiny_models(root, seed=0, dit=True):
   # The head is zero-initialised; random weights make the output depend on the whole network.
   dit_params["head"]["proj"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(seed + 1),
                                                                  dit_params["head"]["proj"]["kernel"].shape)
-  param_io.save_params(root / "dit", "dit", dataclasses.asdict(DIT), dit_params)
+  param_io.save_params(root / "dit", "dit", dataclasses.asdict(DIT), dit_params, safetensors=True)
   return {"dit": str(root / "dit"), **dirs}
 
 
@@ -69,11 +74,11 @@ def test_shards_hold_encoded_benchmark_clips(models, tmp_path, capsys):
   out = tmp_path / "shards"
   prepare_data.main(argv(models, out, "--shard-size", "2", "--dtype", "float32"))
   printed = json.loads(capsys.readouterr().out)
-  assert printed["count"] == 3 and printed["source"] == [3, 4, 6, 16]
+  assert printed["count"] == 3 and printed["source"] == [3, 8, 12, 16]
   shards = LatentShards(out)
   index = json.loads((out / "index.json").read_text())
   assert len(shards) == 3 and [s["count"] for s in index["shards"]] == [2, 1]
-  assert shards.latent_shape == (1 + (FRAMES - 1) // 4, H // 8, W // 8, 16) and shards.context_shape == (16, 40)
+  assert shards.latent_shape == (1 + (FRAMES - 1) // 4, H // 4, W // 4, 16) and shards.context_shape == (16, 40)
 
   vae_config, vae_params = load_vae(models["vae"])
   encoder = load_text_encoder(models["text_encoder"])
