@@ -30,7 +30,8 @@ The API, all of it:
   ArgumentParser            argparse.ArgumentParser whose help keeps the description's line breaks, appends
                             "(default: X)" to every option that has a default and lists --debug, and whose
                             usage errors are one line: "error: <message> (see <prog> --help)", status 2.
-  refuse_existing(path, overwrite, option="--output")   FileExistsError unless overwrite (stdout, "-", passes).
+  refuse_existing(path, overwrite, option="--output")   FileExistsError if path exists, unless overwrite ("-",
+                            stdout, always passes).
   partial_path(path)        the temporary name beside `path` (hidden, same suffix, so tools that pick a format
                             by suffix, like ffmpeg, still do): ".name.partial-1a2b3c4d.mp4".
   atomic_output(path)       context manager yielding partial_path(path); on success renames it onto `path`
@@ -161,10 +162,10 @@ class ArgumentParser(argparse.ArgumentParser):
     self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def refuse_existing(path: str | os.PathLike, overwrite: bool, option: str = "--output") -> None:
-  """Raises FileExistsError naming `option` when `path` exists and `overwrite` is false."""
+def refuse_existing(path: str | os.PathLike, overwrite: bool, option: str | None = "--output") -> None:
+  """Raises FileExistsError (naming `option`, when given) if `path` exists and `overwrite` is false."""
   if str(path) != STDIO and not overwrite and Path(path).exists():
-    raise FileExistsError(f"{option} {path} exists; pass --overwrite to replace it")
+    raise FileExistsError(f"{option + ' ' if option else ''}{path} exists; pass --overwrite to replace it")
 
 
 def partial_path(path: str | os.PathLike) -> Path:

@@ -66,13 +66,30 @@ def save_params(path: str | os.PathLike, kind: str, config: dict[str, Any], para
   return path
 
 
+# What writes each kind of directory, for the message when one is missing.
+_WRITERS = {"dit": "python -m convert.wan_dit (or a training run's export/)", "vae": "python -m convert.wan_vae",
+            "umt5": "python -m convert.umt5", "taehv": "python -m convert.taehv"}
+
+
 def read_config(path: str | os.PathLike, kind: str) -> dict[str, Any]:
   """The `config` dict of a converted directory, checking that it holds a model of `kind`."""
   path = Path(path)
+  writer = _WRITERS.get(kind, "a converter")
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: no such directory (expected a converted {kind} model, written by {writer})")
+  if not path.is_dir():
+    raise NotADirectoryError(f"{path} is a file; expected a converted {kind} model directory (written by "
+                             f"{writer}), not a checkpoint file")
   config_file = path / CONFIG_FILE
   if not config_file.is_file():
-    raise FileNotFoundError(f"{path} is not a converted checkpoint: {CONFIG_FILE} is missing")
-  meta = json.loads(config_file.read_text())
+    raise FileNotFoundError(f"{path} is not a converted model directory: it has no {CONFIG_FILE} (convert the "
+                            f"checkpoint with {writer})")
+  try:
+    meta = json.loads(config_file.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{config_file}: not valid JSON ({e})") from None
+  if not isinstance(meta, dict) or "config" not in meta:
+    raise ValueError(f"{config_file}: not a converted model's config (no \"kind\" and \"config\" entries)")
   if meta.get("kind") != kind:
     raise ValueError(f"{path} holds a {meta.get('kind')!r} checkpoint, expected {kind!r}")
   return meta["config"]
@@ -87,6 +104,9 @@ def load_params(path: str | os.PathLike, abstract_params: Any | None = None) -> 
   path = Path(path).absolute()
   if (path / SAFETENSORS_FILE).is_file():
     return _load_safetensors(path / SAFETENSORS_FILE, abstract_params)
+  if not (path / PARAMS_DIR).is_dir():
+    raise FileNotFoundError(f"{path}: no {PARAMS_DIR}/ or {SAFETENSORS_FILE} holds its weights; convert the "
+                            f"checkpoint again")
   with ocp.StandardCheckpointer() as ckptr:
     if abstract_params is None:
       return ckptr.restore(path / PARAMS_DIR)

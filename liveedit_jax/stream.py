@@ -16,11 +16,18 @@ precomputed [1, L, text_dim] embedding is read (`--context`).
 
 Inputs and outputs are described in `video_io.py`: a video file, `webcam:/dev/videoN`, raw rgb24 on stdin (`-`)
 or in a .rgb file (both with `--input-size WxH`); a video file, raw rgb24 to stdout (`-`) or to a .rgb file.
-One line per chunk goes to stderr: frames, ms of encode / DiT / decode (each waited for, so they add up to the
-chunk's compute), frames per second over the whole chunk (reading and writing included; chunk 0 includes
-compilation) and, with the mask cache on, the fraction of tokens the chunk recomputed and the IoU of its mask with
-the previous chunk's. Frames within a chunk attend to each other, so the output of a run stopped at a chunk
-boundary (Ctrl-C, SIGTERM, `--max-frames`) is a prefix of the full run's.
+An existing output file is refused unless `--overwrite`; the output is written under a temporary name and takes
+its own name when the first chunk is written, so a run that fails earlier leaves nothing there.
+
+Progress goes to stderr: a line as each model starts and ends loading (its size on disk, its parameter count), a
+line before each of the two chunks that compile (the first chunk and the first later one compile their own VAE
+and DiT steps), then one line per chunk: frames, ms of encode / DiT / decode (each waited for, so they add up to
+the chunk's compute), frames per second over the whole chunk (reading and writing included), the seconds spent
+compiling (chunks 0 and 1), the time left when the input's length is known and, with the mask cache on, the
+fraction of tokens the chunk recomputed and the IoU of its mask with the previous chunk's. On a terminal a bar
+(frames done of the total, frames/s, ETA) runs below the lines. Frames within a chunk attend to each other, so the
+output of a run stopped at a chunk boundary (Ctrl-C, SIGTERM, `--max-frames`) is a prefix of the full run's.
+Errors are one line (`--debug` or LIVEEDIT_DEBUG=1 for the traceback).
 """
 
 from __future__ import annotations
@@ -28,19 +35,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from liveedit_jax import param_io
+from liveedit_jax import cli, param_io
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import load_dit
 from liveedit_jax.mask_cache import MaskCacheConfig
@@ -49,8 +56,8 @@ from liveedit_jax.streaming import StreamConfig, StreamState, init_stream, strea
 from liveedit_jax.umt5 import encode_prompts, load_text_encoder, text_encoder_identity
 from liveedit_jax.vae import (VAEConfig, VAEStreamState, init_vae_stream, load_vae, vae_decode_step,
                               vae_encode_step)
-from liveedit_jax.video_io import (FrameReader, RawWriter, VideoIOError, VideoWriter, open_reader, open_writer,
-                                   parse_size, to_float, to_uint8)
+from liveedit_jax.video_io import (FrameReader, RawWriter, VideoIOError, VideoWriter, count_frames, is_raw,
+                                   open_reader, open_writer, parse_size, to_float, to_uint8)
 
 # Jitted once per process (the configs are static and hashable), so runs in one process share compilations.
 vae_encode = jax.jit(vae_encode_step, static_argnums=0, static_argnames="first", donate_argnums=2)
@@ -58,12 +65,12 @@ vae_decode = jax.jit(vae_decode_step, static_argnums=0, static_argnames="first",
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m liveedit_jax.stream", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m liveedit_jax.stream", description=__doc__)
   io = parser.add_argument_group("input and output")
   io.add_argument("--input", required=True, help="video file, webcam:/dev/videoN, - (raw rgb24 on stdin) or *.rgb")
   io.add_argument("--input-size", help="WxH of raw rgb24 input (- or *.rgb)")
   io.add_argument("--output", required=True, help="video file (.mp4: H.264), - (raw rgb24 on stdout) or *.rgb")
+  io.add_argument("--overwrite", action="store_true", help="replace an existing --output")
   io.add_argument("--height", type=int, default=480, help="frame height the model runs at (multiple of 16)")
   io.add_argument("--width", type=int, default=832, help="frame width the model runs at (multiple of 16)")
   io.add_argument("--fps", type=float, default=16.0,
@@ -119,6 +126,18 @@ def check_models(args: argparse.Namespace) -> tuple[DiTConfig, VAEConfig]:
   return dit, vae
 
 
+def param_count(params: Any) -> int:
+  return sum(int(np.prod(np.shape(a))) for a in jax.tree.leaves(params))
+
+
+def load_logged(what: str, path: str, load: Callable[[], Any], params: Callable[[Any], Any]) -> Any:
+  """`load()`, between two status lines naming `what`, its directory and size, and its parameter count."""
+  with cli.status(f"loading {what} from {path} ({cli.format_bytes(cli.disk_bytes(path))})") as s:
+    loaded = load()
+    s.note(f"{cli.format_count(param_count(params(loaded)))} parameters")
+  return loaded
+
+
 def load_context(args: argparse.Namespace, dit: DiTConfig) -> np.ndarray:
   """The prompt embedding [1, L ≤ text_len, text_dim], from --context or the text encoder (freed on return)."""
   if args.context:
@@ -129,13 +148,24 @@ def load_context(args: argparse.Namespace, dit: DiTConfig) -> np.ndarray:
     # np.save writes ml_dtypes' bfloat16 (the prompt cache's dtype) as 2-byte void.
     if context.dtype == np.dtype("V2"):
       context = context.view(ml_dtypes.bfloat16)
-  elif args.prompt_cache:
-    source = args.text_encoder
-    cache = PromptCache(args.prompt_cache, text_encoder_identity(args.text_encoder))
-    context = cache.get_or_encode(lambda: load_text_encoder(args.text_encoder), [args.prompt])
   else:
     source = args.text_encoder
-    context = np.asarray(jax.device_get(encode_prompts(load_text_encoder(args.text_encoder), [args.prompt])))
+    load = functools.partial(load_logged, "the text encoder", args.text_encoder,
+                             lambda: load_text_encoder(args.text_encoder), lambda encoder: encoder.params)
+    cache = args.prompt_cache and PromptCache(args.prompt_cache, text_encoder_identity(args.text_encoder))
+    if cache and (cached := cache.get(args.prompt)) is not None:
+      cli.say(f"prompt embedding read from the cache {args.prompt_cache}")
+      context = cached[None]
+    elif cache:
+      encoder = load()
+      with cli.status(f"embedding the prompt (stored in the cache {args.prompt_cache})"):
+        context = cache.get_or_encode(encoder, [args.prompt])
+      del encoder
+    else:
+      encoder = load()
+      with cli.status("embedding the prompt"):
+        context = np.asarray(jax.device_get(encode_prompts(encoder, [args.prompt])))
+      del encoder
   if (context.ndim != 3 or context.shape[0] != 1 or not 1 <= context.shape[1] <= dit.text_len
       or context.shape[2] != dit.text_dim or not jnp.issubdtype(context.dtype, jnp.floating)):
     raise ValueError(f"{source}: prompt embedding has shape {list(context.shape)} ({context.dtype}), expected a "
@@ -175,66 +205,109 @@ class Models:
   vae_params: Any
 
 
-def edit_chunk(models: Models, vae_state: VAEStreamState, state: StreamState, frames: np.ndarray, first: bool):
+PHASES = ("VAE encode", "DiT", "VAE decode")
+
+
+def edit_chunk(models: Models, vae_state: VAEStreamState, state: StreamState, frames: np.ndarray, first: bool,
+               on_phase: Callable[[str], None] = lambda phase: None):
   """One chunk through encode → DiT → decode, each waited for so that it can be timed.
 
-  frames: uint8 [T, H, W, 3] (T = 9 for the first chunk, 12 after). Returns (vae_state, state, edited frames
-  float32 [T, H, W, 3] in [−1, 1] on the host, (encode, DiT, decode) milliseconds).
+  frames: uint8 [T, H, W, 3] (T = 9 for the first chunk, 12 after). on_phase: called with each of PHASES as it
+  starts. Returns (vae_state, state, edited frames float32 [T, H, W, 3] in [−1, 1] on the host, (encode, DiT,
+  decode) milliseconds, (encode, DiT, decode) seconds of compilation).
   """
   m = models
+  timers = [cli.CompileTimer() for _ in PHASES]
   start = time.perf_counter()
-  vae_state, latents = vae_encode(m.vae_config, m.vae_params, vae_state, jax.device_put(to_float(frames)[None]),
-                                  first=first)
-  latents.block_until_ready()
+  on_phase(PHASES[0])
+  with timers[0]:
+    vae_state, latents = vae_encode(m.vae_config, m.vae_params, vae_state, jax.device_put(to_float(frames)[None]),
+                                    first=first)
+    latents.block_until_ready()
   encode_ms, start = _elapsed_ms(start), time.perf_counter()
-  edited, state = stream_step(m.dit_config, m.dit_params, state, latents)
-  edited.block_until_ready()
+  on_phase(PHASES[1])
+  with timers[1]:
+    edited, state = stream_step(m.dit_config, m.dit_params, state, latents)
+    edited.block_until_ready()
   dit_ms, start = _elapsed_ms(start), time.perf_counter()
-  vae_state, decoded = vae_decode(m.vae_config, m.vae_params, vae_state, edited, first=first)
-  decoded = jax.device_get(decoded)[0]
-  return vae_state, state, decoded, (encode_ms, dit_ms, _elapsed_ms(start))
+  on_phase(PHASES[2])
+  with timers[2]:
+    vae_state, decoded = vae_decode(m.vae_config, m.vae_params, vae_state, edited, first=first)
+    decoded = jax.device_get(decoded)[0]
+  return (vae_state, state, decoded, (encode_ms, dit_ms, _elapsed_ms(start)), tuple(t.seconds for t in timers))
+
+
+def _compile_note(compile_s: tuple[float, ...]) -> str:
+  spent = [(name, t) for name, t in zip(("encode", "dit", "decode"), compile_s) if t >= 0.05]
+  if not spent:
+    return ""
+  return "  compiled " + ", ".join(f"{name} {t:.1f} s" for name, t in spent)
 
 
 def run_stream(models: Models, state: StreamState, vae_state: VAEStreamState, reader: FrameReader,
                writer: RawWriter | VideoWriter, frames: np.ndarray, chunk_sizes: tuple[int, int],
-               limit: float) -> None:
+               limit: float, total: int | None = None) -> None:
   """Edits chunks until the input ends (or `limit` input frames), writing each chunk's real frames at once.
 
-  frames: the first chunk, already read. One progress line per chunk and a summary go to stderr.
+  frames: the first chunk, already read. total: the input's frame count when known (for the time left). One
+  progress line per chunk and a summary go to stderr, with a bar on a terminal.
   """
   index, mask = 0, None
   stream_start = steady_start = time.perf_counter()
+  bar = cli.progress(total=total, desc="stream", unit="frame")
   try:
     while len(frames):
       chunk_start = time.perf_counter()
       real, size = len(frames), chunk_sizes[index > 0]
       padded = np.concatenate([frames, np.repeat(frames[-1:], size - real, axis=0)])
-      vae_state, state, edited, ms = edit_chunk(models, vae_state, state, padded, first=index == 0)
+      if index < 2:  # the first chunk and the first later one run steps of their own shapes: compiled now
+        cli.say(f"chunk {index}: compiling and running its VAE encode, DiT step and VAE decode ...")
+      on_phase = lambda phase, index=index: bar.set_description(f"chunk {index}: {phase}")  # noqa: E731
+      vae_state, state, edited, ms, compile_s = edit_chunk(models, vae_state, state, padded, first=index == 0,
+                                                           on_phase=on_phase)
       writer.write(to_uint8(edited[:real]))
+      bar.update(real)
       report = (f"chunk {index}: frames {reader.frames_read - real}-{reader.frames_read - 1}  encode {ms[0]:.1f} ms"
-                f"  dit {ms[1]:.1f} ms  decode {ms[2]:.1f} ms  {real / (time.perf_counter() - chunk_start):.1f} fps")
+                f"  dit {ms[1]:.1f} ms  decode {ms[2]:.1f} ms  {real / (time.perf_counter() - chunk_start):.1f} fps"
+                + _compile_note(compile_s))
+      if total is not None and index > 1:  # the rate of the chunks after the two that compile
+        left = max(0, total - writer.frames_written)
+        rate = (writer.frames_written - eta_frames) / (time.perf_counter() - eta_start)
+        report += f"  {cli.format_seconds(left / rate)} left"
       if state.tokens is not None:
         report += "  mask: all tokens" if mask is None else (
             f"  mask: {mask[0]:.0%} tokens recomputed" + ("" if index == 1 else f", IoU {mask[1]:.2f}"))
         # The mask the step chose for the next chunk, from this chunk's edit.
         stats = jax.device_get(state.tokens.stats)
         mask = (float(stats.active_fraction), float(stats.iou_previous[0]))
-      print(report, file=sys.stderr, flush=True)
+      cli.say(report)
       if index == 0:
         steady_start = time.perf_counter()  # chunk 0 compiles; the summary's rate starts after it
+      if index == 1:
+        eta_start, eta_frames = time.perf_counter(), writer.frames_written
+      bar.set_description("stream")
       index += 1
       if real < size:
         break
       frames = reader.read(int(min(chunk_sizes[1], limit - reader.frames_read)))
   finally:
+    bar.close()
     later = writer.frames_written - min(writer.frames_written, chunk_sizes[0])
     rate = f", {later / (time.perf_counter() - steady_start):.1f} fps after chunk 0" if later else ""
-    print(f"wrote {writer.frames_written} frames to {writer.name} in "
-          f"{time.perf_counter() - stream_start:.1f} s{rate}", file=sys.stderr, flush=True)
+    cli.say(f"wrote {writer.frames_written} frames to {writer.name} in "
+            f"{time.perf_counter() - stream_start:.1f} s{rate}")
+
+
+def load_models(args: argparse.Namespace, dtype: str) -> Models:
+  """The DiT and the VAE in `dtype`, each between two status lines."""
+  dit = load_logged("the DiT", args.dit, lambda: load_dit(args.dit, compute_dtype=dtype), lambda m: m[1])
+  vae = load_logged("the VAE", args.vae, lambda: load_vae(args.vae, compute_dtype=dtype), lambda m: m[1])
+  return Models(*dit, *vae)
 
 
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
+  cli.refuse_existing(args.output, args.overwrite)
   dit_config, vae_config = check_models(args)
   input_size = parse_size(args.input_size) if args.input_size else None
   options = StreamConfig(cache_frames=args.cache_frames, sink_frames=args.sink_frames, refresh=args.refresh,
@@ -248,24 +321,25 @@ def main(argv: list[str] | None = None) -> None:
   with contextlib.ExitStack() as stack:
     stack.enter_context(_sigterm_unwinds())
     reader = stack.enter_context(open_reader(args.input, width, height, args.fps, input_size))
-    writer = stack.enter_context(open_writer(args.output, width, height, args.fps))
+    writer = stack.enter_context(open_writer(args.output, width, height, args.fps, overwrite=args.overwrite))
     # The first chunk is read before the models load, so an unreadable input fails in seconds.
     frames = reader.read(int(min(chunk_sizes[0], limit)))
     if not len(frames):
       raise VideoIOError(f"{reader.name}: no frames to read")
+    total = count_frames(args.input, width, height, args.fps, input_size)
+    if total is not None and args.max_frames:
+      total = min(total, args.max_frames)
     context = load_context(args, dit_config)
-    models = Models(*load_dit(args.dit, compute_dtype=dtype), *load_vae(args.vae, compute_dtype=dtype))
+    models = load_models(args, dtype)
     s = vae_config.spatial_factor
     state = init_stream(models.dit_config, models.dit_params, context, latent_height=height // s,
                         latent_width=width // s, options=options, rng=jax.random.key(args.seed))
     vae_state = init_vae_stream(models.vae_config, 1, height, width)
-    run_stream(models, state, vae_state, reader, writer, frames, chunk_sizes, limit)
+    length = "" if total is None else f" ({'about ' if not is_raw(args.input) else ''}{total} frames)"
+    cli.say(f"streaming {reader.name}{length} to {writer.name} at {width}×{height}, {args.fps:g} fps, {dtype}, "
+            f"chunks of {chunk_sizes[0]} then {chunk_sizes[1]} frames")
+    run_stream(models, state, vae_state, reader, writer, frames, chunk_sizes, limit, total)
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except KeyboardInterrupt:
-    sys.exit(130)
-  except (FileNotFoundError, ValueError, VideoIOError) as e:
-    sys.exit(f"error: {e}")
+  cli.run(main)

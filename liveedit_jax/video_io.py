@@ -14,6 +14,10 @@ Outputs (`open_writer`):
   a video file      encoded by ffmpeg (libx264, yuv420p for .mp4 / .mov / .mkv). An .mp4 / .mov is fragmented
                     (a fragment per keyframe, a keyframe per second), so frames land on disk as they are encoded
                     and a killed run leaves a playable prefix; `close()` finalises the file.
+A file is written under a temporary name beside it (`cli.partial_path`) and renamed onto its own name once the
+first `write` has gone through: a run that fails before its first chunk leaves nothing under the requested name
+(and an existing file there untouched), and a run stopped later leaves its written prefix. An existing file is
+refused unless `overwrite`. `count_frames` estimates an input's length (for progress), without decoding it.
 
 Frames are uint8 [T, H, W, 3] RGB numpy arrays; `to_float` / `to_uint8` convert to and from the models' [−1, 1].
 ffmpeg runs in its own session, so a Ctrl-C reaches only Python, whose `finally` then closes the writer cleanly.
@@ -21,14 +25,19 @@ ffmpeg runs in its own session, so a Ctrl-C reaches only Python, whose `finally`
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from liveedit_jax import cli
 
 
 def _ffmpeg() -> str:
@@ -184,28 +193,78 @@ def open_reader(source: str, width: int, height: int, fps: float,
   return FrameReader(name, process.stdout, width, height, process, log)
 
 
+def count_frames(source: str, width: int, height: int, fps: float,
+                 input_size: tuple[int, int] | None = None) -> int | None:
+  """About how many frames `open_reader(source, width, height, fps, input_size)` yields; None when unknown.
+
+  Raw files: exact (size / frame bytes). Video files: their duration (ffmpeg's header line, nothing decoded)
+  times `fps`, to within a frame. stdin and webcams: None.
+  """
+  if source == STDIO or source.startswith(WEBCAM_PREFIX) or not Path(source).is_file():
+    return None
+  if is_raw(source):
+    if input_size is None:
+      return None
+    return Path(source).stat().st_size // (input_size[0] * input_size[1] * 3)
+  # Without an output ffmpeg only reads the header, prints it and exits (with an error, which is expected).
+  result = subprocess.run([_ffmpeg(), "-hide_banner", "-nostdin", "-i", source], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60, start_new_session=True)
+  match = re.search(rb"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", result.stderr)
+  if not match:
+    return None
+  seconds = int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3])
+  return max(1, math.ceil(seconds * fps - 1e-6))
+
+
+class _Published:
+  """An output file written under `partial` and renamed onto `path` by the first `publish()` (module docstring)."""
+
+  def __init__(self, path: str, overwrite: bool):
+    cli.refuse_existing(path, overwrite, option=None)
+    self.path = path
+    self.partial = cli.partial_path(path)
+    self.published = False
+
+  def publish(self) -> None:
+    if not self.published:
+      os.replace(self.partial, self.path)
+      self.published = True
+
+  def discard(self) -> None:
+    """Removes the file if it was never published (nothing complete was written)."""
+    if not self.published and self.partial.exists():
+      self.partial.unlink()
+
+
 class RawWriter:
   """Writes rgb24 frames to a file or stdout, flushing after each `write`."""
 
-  def __init__(self, path: str, width: int, height: int):
-    self.name = "stdout" if path == STDIO else path
+  def __init__(self, path: str, width: int, height: int, overwrite: bool = False):
     self.width, self.height = width, height
     self.frames_written = 0
-    self._stream = sys.stdout.buffer if path == STDIO else open(path, "wb")
+    self._file = None if path == STDIO else _Published(path, overwrite)
+    self.name = "stdout" if path == STDIO else path
+    self._stream = sys.stdout.buffer if path == STDIO else None  # a file opens at the first write
 
   def write(self, frames: np.ndarray) -> None:
     """frames: uint8 [T, H, W, 3]."""
     _check_frames(frames, self.width, self.height)
+    if self._stream is None:
+      self._stream = open(self._file.partial, "wb")
     try:
       self._stream.write(np.ascontiguousarray(frames).tobytes())
       self._stream.flush()
     except BrokenPipeError as e:
       raise VideoIOError(f"cannot write to {self.name}: the reading end closed") from e
     self.frames_written += len(frames)
+    if self._file is not None:
+      self._file.publish()
 
   def close(self) -> None:
-    if self._stream is not sys.stdout.buffer:
-      self._stream.close()
+    if self._file is not None:
+      if self._stream is not None:
+        self._stream.close()
+      self._file.discard()
 
   def __enter__(self) -> "RawWriter":
     return self
@@ -218,7 +277,8 @@ class VideoWriter:
   """Encodes frames to a video file through ffmpeg. The process starts at the first `write`, so a run that
   fails before producing a frame leaves no file; `close()` waits for ffmpeg to finalise the file."""
 
-  def __init__(self, path: str, width: int, height: int, fps: float):
+  def __init__(self, path: str, width: int, height: int, fps: float, overwrite: bool = False):
+    self._file = _Published(path, overwrite)
     self.name = path
     self.width, self.height, self.fps = width, height, fps
     self.frames_written = 0
@@ -234,7 +294,7 @@ class VideoWriter:
     cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}", "-framerate", str(self.fps),
            "-i", "pipe:0", *codec, "-pix_fmt", "yuv420p",
-           *(fragments if suffix in _FRAGMENTED_CONTAINERS else []), self.name]
+           *(fragments if suffix in _FRAGMENTED_CONTAINERS else []), str(self._file.partial)]
     self._log = _ffmpeg_log()
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
                             start_new_session=True)
@@ -252,6 +312,20 @@ class VideoWriter:
       raise VideoIOError(f"cannot write {self.name} (ffmpeg exited with {self._process.returncode}):\n  "
                          f"{_log_text(self._log)}") from e
     self.frames_written += len(frames)
+    self._publish_once_open()
+
+  def _publish_once_open(self, wait_s: float = 10.0) -> None:
+    """Renames the output onto its name once ffmpeg has created it (so holds it open, and keeps writing to the
+    renamed file: no muxer used here reopens it by name). ffmpeg opens its output only after it has read the
+    first frames; a large first write returns after that, a small one may return before, hence the wait."""
+    deadline = time.monotonic() + wait_s
+    while not self._file.published:
+      if self._file.partial.exists():
+        self._file.publish()
+      elif time.monotonic() > deadline or self._process.poll() is not None:
+        return  # tried again at the next write and at close
+      else:
+        time.sleep(0.005)
 
   def close(self) -> None:
     """Finalises the file: ffmpeg encodes what it holds and writes the trailer once its input closes."""
@@ -266,8 +340,11 @@ class VideoWriter:
       if process.wait() != 0:
         raise VideoIOError(f"cannot write {self.name} (ffmpeg exited with {process.returncode}):\n  "
                            f"{_log_text(self._log)}")
+      if self._file.partial.exists():
+        self._file.publish()
     finally:
       self._log.close()
+      self._file.discard()
 
   def __enter__(self) -> "VideoWriter":
     return self
@@ -281,10 +358,15 @@ def _check_frames(frames: np.ndarray, width: int, height: int) -> None:
     raise ValueError(f"frames must be uint8 [T, {height}, {width}, 3], got {frames.dtype} {list(frames.shape)}")
 
 
-def open_writer(path: str, width: int, height: int, fps: float) -> RawWriter | VideoWriter:
-  """A writer for "-" / *.rgb (raw rgb24) or a video file (see the module docstring)."""
+def open_writer(path: str, width: int, height: int, fps: float, overwrite: bool = False) -> RawWriter | VideoWriter:
+  """A writer for "-" / *.rgb (raw rgb24) or a video file (see the module docstring).
+
+  overwrite: replace an existing file (once the first write has gone through); without it, FileExistsError.
+  """
   if path != STDIO and not Path(path).absolute().parent.is_dir():
     raise VideoIOError(f"cannot write {path}: directory {Path(path).absolute().parent} does not exist")
+  if path != STDIO and Path(path).is_dir():
+    raise VideoIOError(f"cannot write {path}: it is a directory")
   if is_raw(path):
-    return RawWriter(path, width, height)
-  return VideoWriter(path, width, height, fps)
+    return RawWriter(path, width, height, overwrite)
+  return VideoWriter(path, width, height, fps, overwrite)

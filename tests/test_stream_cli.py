@@ -14,6 +14,7 @@ import functools
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,9 +127,121 @@ def test_max_frames_gives_prefix(setup, full_run, capsys):
   stream.main(cli_args(setup, output, "--max-frames", "21"))
   np.testing.assert_array_equal(read_raw(output), full_run[:21])
   lines = capsys.readouterr().err.splitlines()
-  assert [line.split(":")[0] for line in lines if line.startswith("chunk")] == ["chunk 0", "chunk 1"]
-  assert "mask: all tokens" in lines[0] and "mask: 33% tokens recomputed" in lines[1]
+  chunks = [line for line in lines if re.match(r"chunk \d+: frames", line)]
+  assert [line.split(":")[0] for line in chunks] == ["chunk 0", "chunk 1"]
+  assert "mask: all tokens" in chunks[0] and "mask: 33% tokens recomputed" in chunks[1]
   assert lines[-1].startswith("wrote 21 frames to")
+
+
+def test_progress_lines(setup, tmp_path, capsys):
+  """Loading names each model with its size and parameter count; the input's length is given; the two chunks
+  that compile say so before they run; chunks after those give the time left until the last one."""
+  source = tmp_path / "long.rgb"
+  np.concatenate([setup["frames"], setup["frames"]]).tofile(source)  # 50 frames: chunks of 9, 12, 12, 12, 5
+  stream.main(cli_args(setup, tmp_path / "out.rgb", input=str(source)))
+  lines = capsys.readouterr().err.splitlines()
+  dit_params = sum(np.size(a) for a in jax.tree.leaves(load_dit(setup["dit"])[1]))
+  dit_bytes = sum(p.stat().st_size for p in setup["root"].joinpath("dit").rglob("*") if p.is_file())
+  assert lines[0] == f"loading the DiT from {setup['dit']} ({dit_bytes / 1e3:.1f} KB) ..."
+  assert lines[1].startswith(f"loading the DiT from {setup['dit']} ({dit_bytes / 1e3:.1f} KB): done in ")
+  assert lines[1].endswith(f" s, {dit_params / 1e3:.3g} k parameters")
+  assert lines[2].startswith("loading the VAE from") and "done in" in lines[3]
+  assert lines[4].startswith(f"streaming {source} (50 frames) to {tmp_path / 'out.rgb'} at 48×32, 16 fps, float32")
+  assert [line.split(":")[0] for line in lines if "compiling and running" in line] == ["chunk 0", "chunk 1"]
+  chunks = {int(m[1]): line for line in lines if (m := re.match(r"chunk (\d+): frames", line))}
+  assert sorted(chunks) == [0, 1, 2, 3, 4]
+  assert all("compiled " not in chunks[i] for i in (2, 3, 4))  # their steps were compiled for chunk 1
+  left = [re.search(r"  ([\d.]+) s left", chunks[i]) for i in range(5)]
+  assert [m is not None for m in left] == [False, False, True, True, True]
+  assert float(left[2][1]) > 0 and float(left[4][1]) == 0
+  assert lines[-1].startswith(f"wrote 50 frames to {tmp_path / 'out.rgb'} in ")
+  assert video_io.count_frames(str(source), W, H, 16, (W, H)) == 50
+
+
+def test_existing_output_is_refused_unless_overwrite(setup, full_run, tmp_path):
+  output = tmp_path / "out.rgb"
+  output.write_bytes(b"precious")
+  with pytest.raises(FileExistsError, match=r"--output .*out.rgb exists; pass --overwrite to replace it"):
+    stream.main(cli_args(setup, output))
+  assert output.read_bytes() == b"precious"
+  stream.main(cli_args(setup, output, "--overwrite"))
+  np.testing.assert_array_equal(read_raw(output), full_run)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out.rgb"]
+
+
+@pytest.mark.parametrize("suffix", [".rgb", ".mp4"])
+def test_output_takes_its_name_when_the_first_chunk_is_written(setup, tmp_path, monkeypatch, suffix):
+  """The first chunk goes to a hidden partial file beside the output; the output appears (replacing the old one,
+  with --overwrite) once that chunk is written. A failure inside the first chunk leaves the old file as it was
+  and no partial file; a failure in the second leaves the first chunk's frames under the output's name."""
+  output = tmp_path / f"out{suffix}"
+  output.write_bytes(b"old")
+  seen = []
+  edit_chunk = stream.edit_chunk
+
+  def failing_edit_chunk(models, vae_state, state, frames, first, on_phase):
+    seen.append((output.read_bytes() == b"old", [p.name for p in tmp_path.iterdir() if "partial" in p.name]))
+    if len(seen) == fail_at:
+      raise RuntimeError("the device fell off")
+    return edit_chunk(models, vae_state, state, frames, first, on_phase)
+
+  monkeypatch.setattr(stream, "edit_chunk", failing_edit_chunk)
+  fail_at = 1
+  with pytest.raises(RuntimeError, match="fell off"):
+    stream.main(cli_args(setup, output, "--overwrite"))
+  assert output.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == [output.name]
+  seen.clear()
+  fail_at = 2
+  with pytest.raises(RuntimeError, match="fell off"):
+    stream.main(cli_args(setup, output, "--overwrite"))
+  assert seen[0] == (True, [])  # the partial file is created by the first write
+  assert seen[1][0] is False and seen[1][1] == []  # after the first chunk: published under its own name
+  assert sorted(p.name for p in tmp_path.iterdir()) == [output.name]
+  if suffix == ".rgb":
+    assert read_raw(output).shape == (9, H, W, 3)
+  else:
+    with video_io.open_reader(str(output), W, H, 16) as reader:
+      assert reader.read(100).shape == (9, H, W, 3)
+
+
+def test_writer_writes_under_a_partial_name_first(tmp_path):
+  """Before its first write a writer has made no file; the bytes of the first write land in the partial file,
+  which then takes the output's name; closing a writer that wrote nothing leaves nothing."""
+  frames = np.random.default_rng().integers(0, 256, (3, H, W, 3), dtype=np.uint8)
+  for suffix in (".rgb", ".mp4"):
+    output = tmp_path / f"a{suffix}"
+    with video_io.open_writer(str(output), W, H, 16) as writer:
+      assert list(tmp_path.iterdir()) == []
+      writer.write(frames)
+      assert output.exists() and not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    with video_io.open_reader(str(output), W, H, 16, (W, H) if suffix == ".rgb" else None) as reader:
+      got = reader.read(10)
+    assert got.shape == frames.shape
+    if suffix == ".rgb":
+      np.testing.assert_array_equal(got, frames)
+    for path in tmp_path.iterdir():
+      path.unlink()
+  with video_io.open_writer(str(tmp_path / "b.mp4"), W, H, 16), video_io.open_writer(str(tmp_path / "b.rgb"), W, H, 16):
+    pass
+  assert list(tmp_path.iterdir()) == []
+  (tmp_path / "c.mp4").write_bytes(b"x")
+  with pytest.raises(FileExistsError, match=r"c.mp4 exists; pass --overwrite"):
+    video_io.open_writer(str(tmp_path / "c.mp4"), W, H, 16)
+
+
+def test_count_frames_matches_the_reader(tmp_path):
+  """A video file's estimated length at another frame rate is within one frame of what the reader yields."""
+  rng = np.random.default_rng()
+  n, fps = int(rng.integers(10, 40)), float(rng.choice([12, 16, 24, 30]))
+  source = tmp_path / "v.mp4"
+  with video_io.open_writer(str(source), W, H, fps) as writer:
+    writer.write(rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8))
+  for target_fps in (16, 8, 25):
+    with video_io.open_reader(str(source), W, H, target_fps) as reader:
+      got = len(reader.read(1000))
+    assert abs(video_io.count_frames(str(source), W, H, target_fps) - got) <= 1, (n, fps, target_fps)
+  assert video_io.count_frames("-", W, H, 16, (W, H)) is None
+  assert video_io.count_frames("webcam:/dev/video0", W, H, 16) is None
 
 
 def test_stdin_stdout(setup, full_run, monkeypatch):
@@ -250,8 +363,12 @@ def test_prompt_cache_hit_loads_no_encoder(tmp_path):
 def test_clear_errors(setup, tmp_path):
   """Each bad invocation fails before any model loads, with a message naming the file and the problem."""
   args = functools.partial(cli_args, setup, tmp_path / "out.rgb")
-  with pytest.raises(FileNotFoundError, match=r"nowhere is not a converted checkpoint: config.json is missing"):
+  with pytest.raises(FileNotFoundError, match=r"nowhere: no such directory \(expected a converted dit model, "
+                                              r"written by python -m convert.wan_dit"):
     stream.main([*args(), "--dit", str(tmp_path / "nowhere")])
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match=r"empty is not a converted model directory: it has no config.json"):
+    stream.main([*args(), "--vae", str(tmp_path / "empty")])
   t2v = tmp_path / "t2v"
   t2v.mkdir()
   (t2v / "config.json").write_text(json.dumps({"kind": "dit", "config": dataclasses.asdict(
