@@ -13,7 +13,8 @@ from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, x0_from_flow
 from tests.numerics import FP32_RTOL, rel_err
 from train.configs import TrainConfig
 from train.losses import dmd_generator_loss, dmd_objective, drop_text, predict_x0
-from liveedit_jax.streaming import chunk_forward
+from liveedit_jax.mask_cache import MaskCacheConfig
+from liveedit_jax.streaming import StreamConfig, chunk_forward, init_stream, stream_step
 from train.rollout import exit_forward, rollout
 from train.step import RNG_IMPL
 
@@ -139,6 +140,32 @@ def test_rollout_equals_teacher_forcing_and_exit_forward_its_gradient():
   flat = lambda g: np.concatenate([np.ravel(a) for a in jax.tree.leaves(g)])  # noqa: E731
   err = rel_err(flat(g_together), flat(g_chunks))
   assert err <= FP32_RTOL, f"seed {seed}: exit-forward gradient vs chunk-by-chunk {err:.2e}"
+
+
+@pytest.mark.parametrize("cache_on", ["self_attn", "ffn"])
+def test_pruned_rollout_equals_streaming_with_the_mask_cache(cache_on):
+  """The pruned-noise rollout (Mask Cache in phase 1) equals `stream_step` with the same Mask Cache, chunk by chunk,
+  for every exit step k* (a stream of the first k* + 1 denoising steps), and pruning changes the samples."""
+  seed = _seed()
+  rng = np.random.default_rng(seed)
+  params, batch = _params(seed), _batch(rng)
+  noise = jnp.asarray(rng.standard_normal((len(CFG.timesteps), B, F, H, W, 16)), jnp.float32)
+  text_kv = jax.jit(text_kv_per_layer, static_argnums=0)(DIT, params, batch["context"])
+  mask_cache = MaskCacheConfig(prune_ratio=0.5, cache_on=cache_on)
+  run = jax.jit(rollout, static_argnums=(0, 6, 7, 8))
+  for k in (0, len(CFG.timesteps) - 1):
+    roll = run(DIT, params, text_kv, batch["source"], noise, jnp.int32(k), CFG.timesteps, CHUNK, mask_cache)
+    options = StreamConfig(chunk_frames=CHUNK, cache_frames=F, timesteps=CFG.timesteps[:k + 1],
+                           mask_cache=mask_cache)
+    state = init_stream(DIT, params, batch["context"], latent_height=H, latent_width=W, options=options)
+    for c in range(F // CHUNK):
+      sl = slice(c * CHUNK, (c + 1) * CHUNK)
+      edited, state = stream_step(DIT, params, state, batch["source"][:, sl], noise[:k + 1, :, sl])
+      err = rel_err(roll.samples[:, sl], edited)
+      assert err <= FP32_RTOL, f"seed {seed}, {cache_on}, exit step {k}, chunk {c}: rollout vs stream {err:.2e}"
+  full = run(DIT, params, text_kv, batch["source"], noise, jnp.int32(k), CFG.timesteps, CHUNK)
+  assert rel_err(roll.samples[:, CHUNK:], full.samples[:, CHUNK:]) > 1e-3, f"seed {seed}: pruning changed nothing"
+  assert rel_err(roll.samples[:, :CHUNK], full.samples[:, :CHUNK]) <= FP32_RTOL  # chunk 0 runs every token
 
 
 def test_text_dropout_replaces_whole_prompts():

@@ -88,6 +88,9 @@ class TrainConfig:
   mse_weight: float = 1.0  # λ of LiveEdit's λ·MSE(x̂, target latent)
   t_min: float = 20.0
   t_max: float = 980.0
+  # LiveEdit's "pruned noise inputs": the generator's self-rollout runs with the Mask Cache (self-attention
+  # placement) at this prune ratio, as it streams (train/rollout.py); 0 runs every token.
+  pruned_rollout: float = 0.0
 
   def __post_init__(self):
     if self.stage not in STAGES:
@@ -109,6 +112,8 @@ class TrainConfig:
       raise ValueError(f"{self.name}: gen_every, log_every and checkpoint_every must be ≥ 1 and steps ≥ 0")
     if self.mesh_data == 0 or self.mesh_fsdp == 0 or (self.mesh_data < 0 and self.mesh_fsdp < 0):
       raise ValueError(f"{self.name}: mesh_data and mesh_fsdp must be positive, at most one of them -1")
+    if not 0.0 <= self.pruned_rollout < 1.0:
+      raise ValueError(f"{self.name}: pruned_rollout (a prune ratio) must be in [0, 1), got {self.pruned_rollout}")
     if not 0 <= self.t_min < self.t_max <= 1000:
       raise ValueError(f"{self.name}: need 0 ≤ t_min < t_max ≤ 1000, got [{self.t_min}, {self.t_max}]")
 
@@ -129,30 +134,56 @@ class TrainConfig:
     return dataclasses.replace(TRAIN_PRESETS[name][stage], **overrides)
 
 
-_LIVEEDIT = TrainConfig(data_dir="data/liveedit-latents")
+_LIVEEDIT = TrainConfig(data_dir="data/liveedit-latents", batch_size=8, steps=9000)
 # Batch 8 splits over 8 fake CPU devices (the mesh tests); the high learning rates make a few dozen steps visible.
 _TINY = TrainConfig(
     name="tiny", model="tiny", compute_dtype="float32", remat=False, attention="xla", data_dir="data/tiny",
     frames=6, height=4, width=4, batch_size=8, data_threads=1, workdir="runs/tiny/stage1", steps=20, log_every=1,
     checkpoint_every=10, lr=3e-3, critic_lr=3e-3, ema_start=0, gen_every=2)
 
+# The default model (train/recipe.py): the synth DiT from scratch on the procedural benchmark, 33-frame clips at
+# 128×128 (9 latent frames of 32×32, 3 chunks). Learning rates are a from-scratch model's, not LiveEdit's
+# fine-tuning 1e-5; bf16 matmuls, no remat (the model is small).
+_SYNTH = TrainConfig(
+    name="synth", model="synth", compute_dtype="bfloat16", remat=False, data_dir="runs/synth/data/train",
+    frames=9, height=32, width=32, batch_size=32, workdir="runs/synth/stage1", steps=6000, log_every=50,
+    checkpoint_every=500, keep_checkpoints=2, lr=3e-4, critic_lr=1e-4, weight_decay=0.0, clip_norm=1.0,
+    ema_decay=0.999, ema_start=500, text_dropout=0.1)
+
 TRAIN_PRESETS: dict[str, dict[int, TrainConfig]] = {
     # Costs at 21×60×104 latents (480×832, 81 frames), model FLOPs per sample from train/flops.py, one sample per
     # H100 (batch 64 on 64 GPUs) at 40 % MFU.
     "liveedit-1.3b": {
+        # The paper's schedule: Stage 1 9K steps, Stage 2 20K, Stage 3 10K, batch 8, lr 1e-5. Where LiveEdit is
+        # silent, Self-Forcing's values fill in (module docstring): warmup-free AdamW, clipping 10, EMA 0.99 from
+        # step 200, and for DMD betas (0, 0.999), 1 generator update per 5 critic updates, guidance 3, the warped
+        # 4-step schedule; the MSE weight 1 is ours. Costs at 21×60×104 latents (480×832, 81 frames), model FLOPs
+        # per sample from train/flops.py, one sample per H100 (batch 8 on 8 GPUs) at 40 % MFU.
         # python -m train.stage1 --config liveedit-1.3b --init checkpoints/liveedit-1.3b
         # Bidirectional fine-tune of Wan2.1-T2V-1.3B with the source latent on 16 extra input channels.
-        # 0.85 PFLOP/sample: ≈ 2.1 s/step, 3000 steps ≈ 1.8 h.
+        # 0.85 PFLOP/sample: ≈ 2.1 s/step, 9000 steps ≈ 5.3 h.
         1: _LIVEEDIT,
         # python -m train.stage2 --config liveedit-1.3b --init runs/liveedit-1.3b/stage1/export
-        # Chunk-causal teacher forcing over [clean ‖ noisy]: 1.19 PFLOP/sample: ≈ 3.0 s/step, 2000 steps ≈ 1.7 h.
-        2: _LIVEEDIT.replace(stage=2, workdir="runs/liveedit-1.3b/stage2", steps=2000),
+        # Chunk-causal teacher forcing over [clean ‖ noisy]: 1.19 PFLOP/sample: ≈ 3.0 s/step, 20000 steps ≈ 17 h.
+        2: _LIVEEDIT.replace(stage=2, workdir="runs/liveedit-1.3b/stage2", steps=20000),
         # python -m train.stage3 --config liveedit-1.3b --init runs/liveedit-1.3b/stage2/export_ema \
         #     --score-init runs/liveedit-1.3b/stage1/export
-        # DMD: every step a rollout and a fake-score update, every 5th step also a generator update with the real
-        # score's two guidance branches: 1.97 PFLOP/sample averaged: ≈ 5.0 s/step, 600 steps (Self-Forcing's
-        # length) ≈ 50 min. Measured: 5.5 s/step at 36 % MFU with one clip per H200 (docs/benchmarks.md).
-        3: _LIVEEDIT.replace(stage=3, workdir="runs/liveedit-1.3b/stage3", steps=600, b1=0.0),
+        # DMD with the pruned-noise rollout (the Mask Cache at the streaming prune ratio 0.7 in the generator's
+        # self-rollout): every step a rollout and a fake-score update, every 5th step also a generator update with
+        # the real score's two guidance branches: 1.97 PFLOP/sample averaged: ≈ 5.0 s/step, 10000 steps ≈ 14 h.
+        # Measured (without pruning): 5.5 s/step at 36 % MFU with one clip per H200 (docs/benchmarks.md).
+        3: _LIVEEDIT.replace(stage=3, workdir="runs/liveedit-1.3b/stage3", steps=10000, b1=0.0, pruned_rollout=0.7),
+    },
+    "synth": {
+        # python -m train.recipe (all stages in order); each stage alone:
+        # python -m train.stage1 --config synth
+        1: _SYNTH,
+        # python -m train.stage2 --config synth --init runs/synth/stage1/export_ema
+        2: _SYNTH.replace(stage=2, workdir="runs/synth/stage2", steps=3000, lr=1e-4),
+        # python -m train.stage3 --config synth --init runs/synth/stage2/export_ema \
+        #     --score-init runs/synth/stage1/export_ema
+        3: _SYNTH.replace(stage=3, workdir="runs/synth/stage3", steps=1500, lr=2e-5, critic_lr=4e-5, b1=0.0,
+                          ema_decay=0.99, ema_start=100),
     },
     "tiny": {
         # python -m train.prepare_data --config tiny --synthetic 64 --out data/tiny

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from liveedit_jax.dit import Params, dit_forward, text_kv_per_layer
+from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, flow_target, sample_timesteps, x0_from_flow
 from train.configs import TrainConfig
 from train.rollout import exit_forward, rollout
@@ -86,7 +87,8 @@ def generate(config: TrainConfig, params: Params, batch: Batch, key: jax.Array, 
   source = batch["source"]
   noise = jax.random.normal(k_noise, (steps, *source.shape), jnp.float32)
   text_kv = text_kv_per_layer(dit, params, batch["context"])
-  roll = rollout(dit, params, text_kv, source, noise, exit_step, config.timesteps, config.chunk_frames)
+  mask_cache = MaskCacheConfig(prune_ratio=config.pruned_rollout) if config.pruned_rollout else None
+  roll = rollout(dit, params, text_kv, source, noise, exit_step, config.timesteps, config.chunk_frames, mask_cache)
   metrics = {"exit_step": exit_step.astype(jnp.float32)}
   if not with_grad:
     return roll.samples, metrics

@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--split", default="train", choices=SPLITS, help="benchmark split (--synthetic-edits)")
   parser.add_argument("--height", type=int, help="frame height (--synthetic-edits; required)")
   parser.add_argument("--width", type=int, help="frame width (--synthetic-edits; required)")
+  parser.add_argument("--workers", type=int, default=0,
+                      help="--synthetic-edits render processes (0: one per CPU core, 1: none)")
   parser.add_argument("--shard-size", type=int, default=256)
   parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="storage dtype")
   args = parser.parse_args(argv)

@@ -14,6 +14,14 @@ keep their gradient). The rollout runs in two phases:
      own keys and to rows [0, c·chunk) of the final cache, which hold exactly the K/V that chunk c saw in phase 1.
 Phase 2 repeats the exit forwards (one forward over the clip) so that the backward pass keeps one cache alive, not
 one per chunk as differentiating through the scan would.
+
+LiveEdit's "pruned noise inputs" (`rollout(..., mask_cache=...)`): phase 1 runs with the Mask Cache active, as
+streaming does (`liveedit_jax.mask_cache`): chunk 0 in full, filling the token cache at every step; chunk c > 0
+recomputes self-attention only at the most-edited tokens of chunk c − 1 (the L2 distance of its x̂0 to its source),
+the rest reusing chunk c − 1's output of the same step. So the exit-step inputs the generator learns to denoise
+are the ones it meets when it streams with the cache. Phase 2 (the gradient) runs every token in full: the pruned
+forward takes static tokens' outputs from the previous chunk, so its gradient would only reach the active tokens,
+and the weights are the same either way.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from liveedit_jax.attention import attention
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import Params, embed_latents, frame_rope, output_head, run_blocks
 from liveedit_jax.kv_cache import KVCache
+from liveedit_jax.mask_cache import MaskCacheConfig, chunk_token_indices, select_active, token_distance
 from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, x0_from_flow
 from liveedit_jax.streaming import chunk_forward
 
@@ -52,7 +61,8 @@ def _unchunk(x: jax.Array) -> jax.Array:
 
 
 def rollout(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Array], source: jax.Array,
-            noise: jax.Array, exit_step: jax.Array, timesteps: tuple[float, ...], chunk_frames: int) -> Rollout:
+            noise: jax.Array, exit_step: jax.Array, timesteps: tuple[float, ...], chunk_frames: int,
+            mask_cache: MaskCacheConfig | None = None) -> Rollout:
   """Phase 1: the whole rollout without gradient.
 
   Args:
@@ -61,6 +71,7 @@ def rollout(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Arr
     noise: [steps, B, F, H, W, C] standard normal: step 0's is the initial latent, step k's re-noises to t_k.
     exit_step: int32 [], k* in [0, steps).
     timesteps: the denoising steps' t (static), e.g. `warped_timesteps()`.
+    mask_cache: the pruned-noise rollout's Mask Cache (module docstring); None or disabled: every token runs.
   """
   params, text_kv = jax.lax.stop_gradient((params, text_kv))
   b, f, hh, ww, _ = source.shape
@@ -70,33 +81,56 @@ def rollout(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Arr
   no_kv = jnp.zeros((config.num_layers, b, chunk_frames * frame_tokens, config.num_heads, config.head_dim),
                     config.dtype)
   steps, ts = len(timesteps), jnp.asarray(timesteps, jnp.float32)
+  pruned = mask_cache is not None and mask_cache.enabled
+  if pruned and mask_cache.static_kv != "recompute":
+    raise ValueError("the pruned-noise rollout recomputes static tokens' K/V (static_kv='recompute')")
 
-  def chunk_step(kv, chunk):
+  def chunk_step(carry, chunk):
+    """carry: (kv, token cache [L, steps + 1, B, c·P, D] or None, active flat tokens [B, c·A] or None)."""
+    kv, cached, active = carry
     index, src, eps = chunk  # int32 [], [B, c, H, W, C], [steps, B, c, H, W, C]
 
     # Forwards k = 0 … k* denoise at t_k (k* is the exit step); forward k* + 1 refreshes the cache from the
-    # clean output at t = 0. One loop body keeps a single forward in the compiled program.
+    # clean output at t = 0 (its token-cache slot is the last, as in streaming). One loop body keeps a single
+    # forward in the compiled program.
     def forward(k, carry):
-      x, x0, x_exit, _ = carry
+      x, x0, x_exit, _, cached = carry
       refresh = k > exit_step
       t = jnp.where(refresh, 0.0, ts[jnp.minimum(k, steps - 1)])
       x_in = jnp.where(refresh, x0, x)
-      flow, chunk_kv, _ = chunk_forward(config, params, text_kv, kv, index * chunk_frames,
-                                        jnp.concatenate([x_in, src], -1), jnp.full((b,), t))
+      routing = None
+      if pruned:
+        slot = jnp.where(refresh, steps, k)
+        routing = (active, (jax.lax.dynamic_index_in_dim(cached, slot, 1, keepdims=False), None, None), mask_cache)
+      flow, chunk_kv, entries = chunk_forward(config, params, text_kv, kv, index * chunk_frames,
+                                              jnp.concatenate([x_in, src], -1), jnp.full((b,), t), routing)
+      if pruned:
+        cached = jax.lax.dynamic_update_index_in_dim(cached, entries[0].astype(cached.dtype), slot, 1)
       pred = x0_from_flow(x_in, flow, t / TRAIN_TIMESTEPS)
       nxt = jnp.minimum(k + 1, steps - 1)
       renoised = add_noise(pred, eps[nxt], ts[nxt] / TRAIN_TIMESTEPS)
       return (jnp.where(k < exit_step, renoised, x), jnp.where(refresh, x0, pred),
-              jnp.where(k == exit_step, x, x_exit), chunk_kv)
+              jnp.where(k == exit_step, x, x_exit), chunk_kv, cached)
 
     zeros = jnp.zeros_like(eps[0])
-    _, x0, x_exit, chunk_kv = jax.lax.fori_loop(0, exit_step + 2, forward, (eps[0], zeros, zeros, (no_kv, no_kv)))
-    return kv.write(*chunk_kv), (x0, x_exit)
+    _, x0, x_exit, chunk_kv, cached = jax.lax.fori_loop(0, exit_step + 2, forward,
+                                                        (eps[0], zeros, zeros, (no_kv, no_kv), cached))
+    if pruned:  # the next chunk's active tokens: where this chunk's edit is largest
+      spatial, _ = select_active(token_distance(x0, src, config.patch_size), mask_cache.active_tokens(frame_tokens))
+      active = chunk_token_indices(spatial, chunk_frames, frame_tokens)
+    return (kv.write(*chunk_kv), cached, active), (x0, x_exit)
 
   n = f // chunk_frames
-  kv, (samples, inputs) = jax.lax.scan(
-      chunk_step, kv, (jnp.arange(n, dtype=jnp.int32), _chunks(source, chunk_frames, 1),
-                       _chunks(noise, chunk_frames, 2)))
+  chunks = (jnp.arange(n, dtype=jnp.int32), _chunks(source, chunk_frames, 1), _chunks(noise, chunk_frames, 2))
+  if not pruned:
+    (kv, _, _), (samples, inputs) = jax.lax.scan(chunk_step, (kv, None, None), chunks)
+    return Rollout(_unchunk(samples), _unchunk(inputs), kv)
+  # Chunk 0 runs every token (its active set has another shape than the later chunks'), filling the token cache.
+  cached = jnp.zeros((config.num_layers, steps + 1, b, chunk_frames * frame_tokens, config.dim), config.dtype)
+  every = jnp.broadcast_to(jnp.arange(chunk_frames * frame_tokens, dtype=jnp.int32), (b, chunk_frames * frame_tokens))
+  carry, first = chunk_step((kv, cached, every), jax.tree.map(lambda a: a[0], chunks))
+  (kv, _, _), later = jax.lax.scan(chunk_step, carry, jax.tree.map(lambda a: a[1:], chunks))
+  samples, inputs = (jnp.concatenate([a[None], rest]) for a, rest in zip(first, later))
   return Rollout(_unchunk(samples), _unchunk(inputs), kv)
 
 

@@ -20,8 +20,11 @@ re-rendered with `synthetic.make_example(split, index, ...)`. It is written afte
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -39,6 +42,34 @@ EDITS_FILE = "edits.jsonl"
 Example = tuple[np.ndarray, np.ndarray, np.ndarray]  # source, target latents [F, h, w, z]; context [L, D]
 
 _encode = jax.jit(vae_encode, static_argnums=0)
+
+
+def _make_example(split: str, index: int, sizes: dict[str, int]) -> synthetic.EditExample:
+  return synthetic.make_example(split, index, **sizes)
+
+
+def rendered_examples(split: str, start: int, count: int, *, frames: int, height: int, width: int,
+                      workers: int = 0) -> Iterator[synthetic.EditExample]:
+  """`synthetic.make_example(split, start + i, ...)` for i < count, in order, rendered by `workers` processes.
+
+  workers: 0 takes one per CPU core; 1 renders here. The workers are spawned, not forked: forking a process that
+  runs JAX's threads can deadlock. At most 4 examples per worker are in flight, so memory stays bounded however
+  fast the consumer is.
+  """
+  sizes = {"frames": frames, "height": height, "width": width}
+  workers = workers or multiprocessing.cpu_count()
+  if workers == 1 or count < 2 * workers:
+    yield from (_make_example(split, start + i, sizes) for i in range(count))
+    return
+  indices = iter(range(start, start + count))
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    inflight = collections.deque(pool.submit(_make_example, split, i, sizes) for _, i in zip(range(4 * workers),
+                                                                                             indices))
+    while inflight:
+      example = inflight.popleft().result()
+      if (i := next(indices, None)) is not None:
+        inflight.append(pool.submit(_make_example, split, i, sizes))
+      yield example
 
 
 def check_clip_size(vae_config: VAEConfig, frames: int, height: int, width: int, vae_dir: str = "the VAE") -> None:
@@ -64,7 +95,7 @@ class SyntheticEdits:
   """
 
   def __init__(self, split: str, count: int, vae_config: VAEConfig, vae_params: Any, text_encoder: TextEncoder, *,
-               frames: int, height: int, width: int, start: int = 0, progress: bool = True):
+               frames: int, height: int, width: int, start: int = 0, progress: bool = True, workers: int = 0):
     if count < 1:
       raise ValueError(f"--synthetic-edits must be positive, got {count}")
     synthetic.example_seed(split, start)  # the split exists and the range fits in it
@@ -74,7 +105,7 @@ class SyntheticEdits:
     self.sizes = {"frames": frames, "height": height, "width": width}
     self.vae_config, self.vae_params, self.text_encoder = vae_config, vae_params, text_encoder
     self.records: list[dict[str, Any]] = []
-    self.progress = progress
+    self.progress, self.workers = progress, workers
     self._contexts: dict[str, np.ndarray] = {}  # instructions repeat: embed each once
     self._examples: Iterator[Example] | None = None
 
@@ -90,7 +121,7 @@ class SyntheticEdits:
       parser.error(str(e))
     vae_config, vae_params = load_vae(args.vae)
     return cls(args.split, args.synthetic_edits, vae_config, vae_params, load_text_encoder(args.text_encoder),
-               frames=args.frames, height=args.height, width=args.width, start=args.seed)
+               frames=args.frames, height=args.height, width=args.width, start=args.seed, workers=args.workers)
 
   def context(self, instruction: str) -> np.ndarray:
     if instruction not in self._contexts:
@@ -110,8 +141,9 @@ class SyntheticEdits:
     return next(self._examples)
 
   def _generate(self) -> Iterator[Example]:
-    for i in tqdm(range(self.count), desc=f"synthetic edits ({self.split})", unit="clip", disable=not self.progress):
-      example = synthetic.make_example(self.split, self.start + i, **self.sizes)
+    examples = rendered_examples(self.split, self.start, self.count, **self.sizes, workers=self.workers)
+    for i, example in enumerate(tqdm(examples, total=self.count, desc=f"synthetic edits ({self.split})",
+                                     unit="clip", disable=not self.progress)):
       self.records.append({"example": i, "split": example.split, "index": example.index, "seed": example.seed,
                            "instruction": example.instruction, "edit": dataclasses.asdict(example.edit),
                            **self.sizes})

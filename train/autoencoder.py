@@ -1,0 +1,261 @@
+"""Trains an autoencoder of the Wan VAE architecture on procedural clips: the default model's VAE.
+
+    python -m train.autoencoder --vae synth --workdir runs/synth/vae --steps 3000
+
+The clips are rendered once by `liveedit_jax.synthetic` (train split, sources and targets alike) in worker
+processes and held in memory; each step draws a batch of them, cut to random `crop` × `crop` windows (the
+network is convolutional apart from its per-frame middle attention, and a quarter of the pixels per clip buys
+four times the clips per step); the test PSNR is measured on whole frames. The loss is the decoded clip's mean squared error
+plus 0.1 × its mean absolute error (PSNR is what the benchmark asks of it), and a small L2 on the latents, which
+the Wan VAE's KL term bounded in its training. Before decoding, the latents get Gaussian noise of `latent_noise`
+times their RMS, so the decoder also reconstructs from latents a little off the encoder's: the DiT's edits are.
+
+The run checkpoints with Orbax every `checkpoint_every` steps and resumes from the latest checkpoint, so it can
+be spread over several short commands. At the end it measures the per-channel mean and standard deviation of the
+latents over `stat_clips` training clips (the DiT is trained on latents normalised by them, as Wan's are) and the
+PSNR on `val_clips` clips of the test split, and exports `<workdir>/export`, a VAE directory `load_vae` reads, with
+those statistics in its config and a `metrics.json` beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+from liveedit_jax import param_io
+from liveedit_jax.vae import VAEConfig, init_vae_params, vae_decode, vae_encode
+from train import sharding
+from train.synthetic_data import rendered_examples
+
+log = logging.getLogger("train.autoencoder")
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderConfig:
+  """An autoencoder training run."""
+
+  vae: str = "synth"  # VAE preset (liveedit_jax.vae.VAE_PRESETS)
+  compute_dtype: str = "bfloat16"
+  frames: int = 9  # per training clip: 1 + 4k, so that every temporal layer is trained
+  height: int = 128
+  width: int = 128
+  clips: int = 2048  # rendered training clips (each gives its source and its target)
+  crop: int = 64  # each step trains on crop × crop windows at random places (0: whole frames); tested whole
+  batch_size: int = 24
+  steps: int = 2500
+  lr: float = 1e-3
+  warmup: int = 100
+  weight_decay: float = 1e-4
+  clip_norm: float = 1.0
+  latent_l2: float = 1e-4
+  latent_noise: float = 0.05
+  seed: int = 0
+  workdir: str = "runs/synth/vae"
+  checkpoint_every: int = 500
+  log_every: int = 50
+  stat_clips: int = 256
+  val_clips: int = 64
+  workers: int = 0  # render processes; 0: one per CPU core
+
+  def model(self) -> VAEConfig:
+    return VAEConfig.preset(self.vae, compute_dtype=self.compute_dtype)
+
+
+def render_clips(split: str, count: int, frames: int, height: int, width: int, workers: int = 0) -> np.ndarray:
+  """`count` examples of `split` as clips uint8 [2·count, T, H, W, 3] (sources and targets interleaved)."""
+  examples = rendered_examples(split, 0, count, frames=frames, height=height, width=width, workers=workers)
+  return np.stack([clip for e in examples for clip in (e.source, e.target)])
+
+
+def random_crops(rng: np.random.Generator, clips: np.ndarray, count: int, crop: int) -> np.ndarray:
+  """`count` clips drawn from uint8 [N, T, H, W, 3], each cut to a crop × crop window at a random place."""
+  picked = clips[rng.integers(0, len(clips), count)]
+  if not crop:
+    return picked
+  ys = rng.integers(0, clips.shape[2] - crop + 1, count)
+  xs = rng.integers(0, clips.shape[3] - crop + 1, count)
+  return np.stack([clip[:, y:y + crop, x:x + crop] for clip, y, x in zip(picked, ys, xs)])
+
+
+def to_video(clips: np.ndarray) -> np.ndarray:
+  """uint8 clips → float32 in [−1, 1] (the VAE's input range)."""
+  return clips.astype(np.float32) / 127.5 - 1.0
+
+
+def psnr(reconstruction: jax.Array, video: jax.Array) -> jax.Array:
+  """PSNR in dB of clips in [−1, 1], per clip [B] (peak-to-peak 2)."""
+  mse = jnp.mean(jnp.square(reconstruction - video), axis=tuple(range(1, video.ndim)))
+  return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-12))
+
+
+def loss_fn(config: AutoencoderConfig, vae: VAEConfig, params: Any, video: jax.Array, key: jax.Array):
+  """(loss, metrics) of one batch: video [B, T, H, W, 3] in [−1, 1]."""
+  mu = vae_encode(vae, params, video)
+  rms = jax.lax.stop_gradient(jnp.sqrt(jnp.mean(jnp.square(mu)) + 1e-6))
+  noisy = mu + config.latent_noise * rms * jax.random.normal(key, mu.shape)
+  reconstruction = vae_decode(vae, params, noisy)
+  mse = jnp.mean(jnp.square(reconstruction - video))
+  l1 = jnp.mean(jnp.abs(reconstruction - video))
+  latent = jnp.mean(jnp.square(mu))
+  loss = mse + 0.1 * l1 + config.latent_l2 * latent
+  return loss, {"loss": loss, "mse": mse, "psnr": jnp.mean(psnr(reconstruction, video)), "latent_rms": rms}
+
+
+def make_optimizer(config: AutoencoderConfig) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, config.warmup, max(config.steps, config.warmup + 1),
+                                                end_value=config.lr * 0.02)
+  return optax.chain(optax.clip_by_global_norm(config.clip_norm),
+                     optax.adamw(schedule, weight_decay=config.weight_decay))
+
+
+def _train_step(config: AutoencoderConfig, vae: VAEConfig, optimizer, state: dict, video: jax.Array):
+  key = jax.random.fold_in(jax.random.key(config.seed), state["step"])
+  (_, metrics), grads = jax.value_and_grad(functools.partial(loss_fn, config, vae), has_aux=True)(
+      state["params"], video, key)
+  updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_mean(vae: VAEConfig, params: Any, video: jax.Array) -> jax.Array:
+  return vae_encode(vae, params, video)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reconstruct(vae: VAEConfig, params: Any, video: jax.Array) -> jax.Array:
+  return vae_decode(vae, params, vae_encode(vae, params, video))
+
+
+def latent_statistics(vae: VAEConfig, params: Any, clips: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and standard deviation [z] of the un-normalised latents of clips uint8 [N, T, H, W, 3]."""
+  total = np.zeros(vae.z_dim)
+  squares = np.zeros(vae.z_dim)
+  count = 0
+  for i in range(0, len(clips), batch):
+    mu = np.asarray(_encode_mean(vae, params, jnp.asarray(to_video(clips[i:i + batch]))), np.float64)
+    mu = mu * np.asarray(vae.latents_std) + np.asarray(vae.latents_mean)
+    total += mu.reshape(-1, vae.z_dim).sum(0)
+    squares += np.square(mu).reshape(-1, vae.z_dim).sum(0)
+    count += mu.size // vae.z_dim
+  mean = total / count
+  return mean, np.sqrt(np.maximum(squares / count - mean ** 2, 1e-12))
+
+
+def evaluate_psnr(vae: VAEConfig, params: Any, clips: np.ndarray, batch: int) -> float:
+  """Mean PSNR (dB, frames in [0, 255] → peak 255 is the same as peak 2 on [−1, 1]) of the clips' reconstructions."""
+  values = [np.asarray(psnr(_reconstruct(vae, params, video), video))
+            for video in (jnp.asarray(to_video(clips[i:i + batch])) for i in range(0, len(clips), batch))]
+  return float(np.mean(np.concatenate(values)))
+
+
+def train(config: AutoencoderConfig, deadline: float | None = None) -> dict[str, float] | None:
+  """Runs (or resumes) the run to `config.steps` and exports it; returns the final metrics.
+
+  deadline: a `time.time()` after which the run checkpoints and returns None, to be resumed by a later call.
+  """
+  workdir = Path(config.workdir).absolute()
+  vae = config.model()
+  mesh = sharding.make_mesh(-1, 1)
+  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  if config.batch_size % mesh.size:
+    raise ValueError(f"batch_size {config.batch_size} must divide over {mesh.size} devices")
+  if config.crop and (config.crop % vae.spatial_factor or config.crop > min(config.height, config.width)):
+    raise ValueError(f"crop {config.crop} must be a multiple of the VAE's {vae.spatial_factor}× downsampling and "
+                     f"fit the {config.height}×{config.width} clips")
+  optimizer = make_optimizer(config)
+
+  def init(key):
+    params = init_vae_params(vae, key)
+    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  abstract = jax.eval_shape(init, jax.random.key(config.seed))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
+  manager = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
+      save_interval_steps=config.checkpoint_every, max_to_keep=2, create=True))
+  start = manager.latest_step()
+  if start is None:
+    state = jax.jit(init, out_shardings=replicated)(jax.random.key(config.seed))
+  else:
+    state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
+    log.info("resumed from %s at step %d", workdir / "checkpoints", start)
+
+  started = time.perf_counter()
+  clips = render_clips("train", config.clips, config.frames, config.height, config.width, config.workers)
+  log.info("rendered %d training clips of %d×%d×%d in %.1f s", len(clips), config.frames, config.height,
+           config.width, time.perf_counter() - started)
+  step_fn = jax.jit(functools.partial(_train_step, config, vae, optimizer), donate_argnums=0,
+                    in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated))
+  rng = np.random.default_rng([config.seed, int(state["step"])])
+  writer = SummaryWriter(str(workdir / "tensorboard"))
+  first = int(state["step"])
+  metrics: dict[str, float] = {}
+  with tqdm(total=config.steps, initial=first, desc="autoencoder") as bar:
+    for step in range(first + 1, config.steps + 1):
+      batch = jnp.asarray(to_video(random_crops(rng, clips, config.batch_size, config.crop)))
+      state, device_metrics = step_fn(state, jax.device_put(batch, batch_sharding))
+      bar.update(1)
+      if step % config.log_every == 0 or step == config.steps:
+        metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        bar.set_postfix(psnr=f"{metrics['psnr']:.2f}")
+        for k, v in metrics.items():
+          writer.add_scalar(f"autoencoder/{k}", v, step)
+      out_of_time = deadline is not None and time.time() > deadline
+      manager.save(step, args=ocp.args.StandardSave(state), force=step == config.steps or out_of_time)
+      if out_of_time:
+        break
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  if int(state["step"]) < config.steps:
+    log.info("stopped at step %d of %d (deadline); resume with the same command", int(state["step"]), config.steps)
+    return None
+  return export(config, vae, state["params"], clips)
+
+
+def export(config: AutoencoderConfig, vae: VAEConfig, params: Any, clips: np.ndarray) -> dict[str, float]:
+  """Measures the latent statistics and the test PSNR; writes `<workdir>/export` and its metrics.json."""
+  workdir = Path(config.workdir).absolute()
+  stat_batch = max(1, min(config.batch_size, 16))
+  mean, std = latent_statistics(vae, params, clips[:config.stat_clips], stat_batch)
+  trained = vae.replace(latents_mean=tuple(float(v) for v in mean), latents_std=tuple(float(v) for v in std),
+                        compute_dtype="float32")
+  test = render_clips("test", config.val_clips, config.frames, config.height, config.width, config.workers)
+  metrics = {"test_psnr": evaluate_psnr(trained, params, test, stat_batch),
+             "train_psnr": evaluate_psnr(trained, params, clips[:config.val_clips], stat_batch),
+             "steps": config.steps}
+  host = jax.device_get(params)
+  param_io.save_params(workdir / "export", "vae", trained.to_dict(), host, overwrite=True)
+  (workdir / "export" / "metrics.json").write_text(json.dumps(metrics, indent=2))
+  log.info("exported %s: %s", workdir / "export", metrics)
+  return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m train.autoencoder", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  defaults = AutoencoderConfig()
+  for field in dataclasses.fields(AutoencoderConfig):
+    parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=type(field.default),
+                        default=field.default, help=f"default: {field.default}")
+  config = dataclasses.replace(defaults, **vars(parser.parse_args(argv)))
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  print(json.dumps(train(config)))
+
+
+if __name__ == "__main__":
+  main()
