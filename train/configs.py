@@ -146,7 +146,7 @@ _TINY = TrainConfig(
 # fine-tuning 1e-5; bf16 matmuls, no remat (the model is small).
 _SYNTH = TrainConfig(
     name="synth", model="synth", compute_dtype="bfloat16", remat=False, data_dir="runs/synth/data/train",
-    frames=9, height=32, width=32, batch_size=32, workdir="runs/synth/stage1", steps=6000, log_every=50,
+    frames=9, height=32, width=32, batch_size=32, workdir="runs/synth/stage1", steps=5000, log_every=50,
     checkpoint_every=500, keep_checkpoints=2, lr=3e-4, critic_lr=1e-4, weight_decay=0.0, clip_norm=1.0,
     ema_decay=0.999, ema_start=500, text_dropout=0.1)
 
@@ -179,10 +179,10 @@ TRAIN_PRESETS: dict[str, dict[int, TrainConfig]] = {
         # python -m train.stage1 --config synth
         1: _SYNTH,
         # python -m train.stage2 --config synth --init runs/synth/stage1/export_ema
-        2: _SYNTH.replace(stage=2, workdir="runs/synth/stage2", steps=3000, lr=1e-4),
+        2: _SYNTH.replace(stage=2, workdir="runs/synth/stage2", steps=2500, lr=1e-4),
         # python -m train.stage3 --config synth --init runs/synth/stage2/export_ema \
         #     --score-init runs/synth/stage1/export_ema
-        3: _SYNTH.replace(stage=3, workdir="runs/synth/stage3", steps=1500, lr=2e-5, critic_lr=4e-5, b1=0.0,
+        3: _SYNTH.replace(stage=3, workdir="runs/synth/stage3", steps=1000, lr=2e-5, critic_lr=4e-5, b1=0.0,
                           ema_decay=0.99, ema_start=100),
     },
     "tiny": {
