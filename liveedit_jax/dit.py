@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from liveedit_jax.attention import FULL, AttentionMask, attention
+from liveedit_jax.attention_probe import ProbeConfig, ProbeStats, collect, frame_visibility, instrument
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.fused import modulated_layer_norm, modulated_layer_norm_reference, rms_norm_rope
 from liveedit_jax.layers import Dense, LayerNorm, RMSNorm, gelu_tanh
@@ -372,7 +373,8 @@ def run_blocks(config: DiTConfig, block_params: Params, x: jax.Array, e0: jax.Ar
 
 def dit_forward(config: DiTConfig, params: Params, x: jax.Array, t: jax.Array, context: jax.Array, *,
                 chunk_frames: int | None = None, clean_x: jax.Array | None = None,
-                clean_t: jax.Array | None = None, frame_offset: int | jax.Array = 0) -> jax.Array:
+                clean_t: jax.Array | None = None, frame_offset: int | jax.Array = 0,
+                probe: ProbeConfig | None = None) -> jax.Array | tuple[jax.Array, ProbeStats]:
   """The DiT's flow prediction.
 
   Args:
@@ -385,9 +387,12 @@ def dit_forward(config: DiTConfig, params: Params, x: jax.Array, t: jax.Array, c
       chunk c sees clean chunks < c and itself. Both halves use frame positions offset … offset+F−1.
     clean_t: timesteps of the clean half, [B] or [B, F] (default 0).
     frame_offset: absolute frame position of x's first frame (RoPE).
+    probe: if set, the attention probe of these layers (`attention_probe.py`); off (None), nothing of it is traced.
 
   Returns:
-    [B, F, H, W, latent_channels] float32 flow prediction v̂ ≈ ε − x0.
+    [B, F, H, W, latent_channels] float32 flow prediction v̂ ≈ ε − x0; with a probe, (that, ProbeStats) with
+    query and key frames the sequence's (F, or 2F under teacher forcing: clean first), the output bit for bit the
+    same.
   """
   cfg = config
   _check_inputs(cfg, x, context)
@@ -401,6 +406,8 @@ def dit_forward(config: DiTConfig, params: Params, x: jax.Array, t: jax.Array, c
       raise ValueError(f"clean_x must have x's shape {x.shape}, got {clean_x.shape}")
   if chunk_frames is not None and (chunk_frames <= 0 or nf % chunk_frames):
     raise ValueError(f"{nf} latent frames are not a whole number of chunks of {chunk_frames}")
+  if probe is not None:
+    probe.check(cfg.num_layers, cfg.name)
 
   impl = cfg.attention
   tokens, e, e0 = embed_latents(cfg, params, x, _as_frame_timesteps(t, b, nf))
@@ -422,8 +429,16 @@ def dit_forward(config: DiTConfig, params: Params, x: jax.Array, t: jax.Array, c
 
   attend = lambda q, k, v, _: (attention(q, k, v, mask=mask, impl=impl), None)  # noqa: E731
   text_kv = text_kv_per_layer(cfg, params, context)
-  tokens, _ = run_blocks(cfg, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl)
-  return output_head(cfg, params, tokens[:, -nf:], e, h, w)  # teacher forcing: the noisy half only
+  layer_state = None
+  if probe is not None:
+    frames = positions if clean_x is None else jnp.concatenate([positions, positions])
+    attend, layer_state = instrument(attend, None, probe, cfg.num_layers,
+                                     frame_visibility(mask, h * w, frames.shape[0]), (h, w))
+  tokens, layer_outputs = run_blocks(cfg, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl, layer_state)
+  out = output_head(cfg, params, tokens[:, -nf:], e, h, w)  # teacher forcing: the noisy half only
+  if probe is None:
+    return out
+  return out, collect(probe, layer_outputs, frames, frames)[1]
 
 
 def load_dit(path: str, compute_dtype: str | None = None) -> tuple[DiTConfig, Params]:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from liveedit_jax.attention import attention
+from liveedit_jax.attention_probe import ProbeConfig, ProbeStats, cache_key_frames, collect, instrument
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import Params, embed_latents, frame_rope, output_head, run_blocks, text_kv_per_layer
 from liveedit_jax.kv_cache import KVCache
@@ -112,16 +113,22 @@ def init_stream(config: DiTConfig, params: Params, context: jax.Array, *, latent
 
 def chunk_forward(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Array], kv: KVCache,
                   frame_index: jax.Array, x: jax.Array, t: jax.Array,
-                  routing: tuple[jax.Array, Any, MaskCacheConfig] | None = None):
+                  routing: tuple[jax.Array, Any, MaskCacheConfig] | None = None, probe: ProbeConfig | None = None):
   """One DiT forward of a chunk against a KV cache (which it does not modify).
 
   text_kv: each [L, B, text_len, N, E]; kv: the cache of earlier chunks; frame_index: int32 [], the chunk's first
   RoPE frame position; x: [B, c, H, W, C_in] (noisy ‖ source for editing); t: [B] timesteps.
   routing: for the mask cache, (active token indices [B, c·A], this step's token-cache entries (out, k, v), the
     mask-cache options).
+  probe: the attention probe of these layers (not with routing), its key frames [chunk ‖ cache slots] at the
+    positions `attention_probe.cache_key_frames` gives for frame_index.
   Returns (flow [B, c, H, W, latent_channels] float32, the chunk's (k, v), each [L, B, c·P, N, E], and with
-  routing the updated token-cache entries, else None).
+  routing the updated token-cache entries, else None), and with a probe its ProbeStats fourth.
   """
+  if probe is not None:
+    if routing is not None:
+      raise ValueError("the attention probe runs the full chunk forward: it does not take the mask cache's routing")
+    probe.check(config.num_layers, config.name)
   b, c, hh, ww, _ = x.shape
   _, ph, pw = config.patch_size
   h, w = hh // ph, ww // pw
@@ -137,10 +144,20 @@ def chunk_forward(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, j
                   impl=impl)
     return o, (k, v)
 
+  layer_state = (kv.k, kv.v)
+  if probe is not None:
+    key_frame = cache_key_frames(kv, c, frame_index)
+    visible = jnp.broadcast_to(key_frame >= 0, (c, key_frame.shape[0]))
+    attend, layer_state = instrument(attend, layer_state, probe, config.num_layers, visible, (h, w),
+                                     keys=lambda k, layer_cache: jnp.concatenate([k, layer_cache[0]], 1))
   if routing is None:
-    tokens, chunk_kv = run_blocks(config, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl,
-                                  (kv.k, kv.v))
-    return output_head(config, params, tokens, e, h, w), chunk_kv, None
+    tokens, layer_outputs = run_blocks(config, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl,
+                                       layer_state)
+    flow = output_head(config, params, tokens, e, h, w)
+    if probe is None:
+      return flow, layer_outputs, None
+    chunk_kv, stats = collect(probe, layer_outputs, key_frame[:c], key_frame)
+    return flow, chunk_kv, None, stats
   active, entries, options = routing
   block_fn = functools.partial(routed_block, options=options, tokens=active)
   tokens, (chunk_kv, entries) = run_blocks(config, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl,
@@ -157,6 +174,20 @@ def stream_forward(config: DiTConfig, params: Params, state: StreamState, x: jax
   if routing is not None:
     routing = (*routing, state.options.mask_cache)
   return chunk_forward(config, params, (state.text_k, state.text_v), state.kv, state.frame_index, x, t, routing)
+
+
+def stream_probe(config: DiTConfig, params: Params, state: StreamState, x: jax.Array, t: jax.Array,
+                 probe: ProbeConfig) -> tuple[jax.Array, ProbeStats]:
+  """The attention probe of the stream's next chunk: one `chunk_forward` of x [B, c, H, W, C_in] at t [B] against
+  the state's cache (the full forward, which the mask cache approximates), the state unchanged.
+
+  Returns (flow [B, c, H, W, latent_channels], ProbeStats): query frames the chunk's, key frames the chunk's and the
+  cache's in time order (absolute frame indices until the first RoPE re-base, see `cache_key_frames`), empty cache
+  slots last with key_frame −1 and mass 0.
+  """
+  flow, _, _, stats = chunk_forward(config, params, (state.text_k, state.text_v), state.kv, state.frame_index, x, t,
+                                    probe=probe)
+  return flow, stats.in_time_order()
 
 
 def advance(config: DiTConfig, state: StreamState, chunk_kv: tuple[jax.Array, jax.Array]) -> StreamState:
