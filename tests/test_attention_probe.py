@@ -31,6 +31,8 @@ P = 6
 CHUNK = 3
 PROBE = ProbeConfig(layers=(1, 0), radii=(0.0, 1.0, 1.5))
 NO_MASK = MaskCacheConfig(cache_on="none")
+# One stream geometry for every stream test (one compile of each jitted function): 3 sink frames, a 2-chunk ring.
+STREAM = StreamConfig(cache_frames=9, sink_frames=3, mask_cache=NO_MASK)
 
 forward = jax.jit(dit_forward, static_argnums=0, static_argnames=("chunk_frames", "probe"))
 probe_stream = jax.jit(stream_probe, static_argnums=(0, 5))
@@ -70,14 +72,19 @@ def _latents(rng, *shape):
   return jnp.asarray(rng.standard_normal(shape).astype(np.float32))
 
 
-def _dense_reference(token_mask):
-  """A stand-in for `key_frame_mass`: dense softmax probabilities under a [T, S] token mask, summed per frame."""
+def _dense_reference(token_mask, traced=None):
+  """A stand-in for `key_frame_mass`: dense softmax probabilities under a [T, S] token mask, summed per frame.
+
+  traced: a list the stand-in appends to when traced (a cached trace of the real probe would not).
+  """
   h, w = GRID
   yy, xx = np.divmod(np.arange(P), w)
   dist = np.hypot(yy[:, None] - yy[None, :], xx[:, None] - xx[None, :])  # [P query, P key]
 
   def fn(q, k, visible, grid, radii):
     assert grid == GRID
+    if traced is not None:
+      traced.append(q.shape)
     b, t, n, e = q.shape
     logits = jnp.einsum("btne,bsne->bnts", q, k, preferred_element_type=jnp.float32) * e ** -0.5
     probs = jax.nn.softmax(jnp.where(jnp.asarray(token_mask), logits, -jnp.inf), axis=-1)
@@ -136,8 +143,10 @@ def test_forward_probe_equals_dense_probabilities_and_leaves_the_output_alone(pa
   np.testing.assert_array_equal(out, plain)  # bit for bit
 
   seq = 2 * frames if kind == "teacher_forcing" else frames
-  monkeypatch.setattr(attention_probe, "key_frame_mass", _dense_reference(_dense_mask(kind, seq)))
+  traced = []
+  monkeypatch.setattr(attention_probe, "key_frame_mass", _dense_reference(_dense_mask(kind, seq), traced))
   _, ref = jax.jit(functools.partial(dit_forward, CFG, probe=PROBE, **kwargs))(params, x, t, ctx)
+  assert traced, "the reference probe was not traced"
   assert stats.mass.shape == (2, 1, CFG.num_heads, seq, seq) and stats.layers == (1, 0)
   assert rel_err(stats.mass, ref.mass) <= FP32_RTOL, f"seed {seed}, {kind}"
   assert rel_err(stats.local, ref.local) <= FP32_RTOL, f"seed {seed}, {kind}"
@@ -162,7 +171,7 @@ def test_probe_is_not_traced_when_off(params, monkeypatch):
     jaxpr = jax.make_jaxpr(functools.partial(dit_forward, CFG, **kwargs))(params, x, jnp.zeros(1), ctx)
     assert len(jaxpr.out_avals) == 1 and "cond[" not in str(jaxpr)  # the probe's only primitive is its cond
   state = init_stream(CFG, params, ctx, latent_height=H, latent_width=W,
-                      options=StreamConfig(cache_frames=6, mask_cache=NO_MASK))
+                      options=STREAM)
   jaxpr = jax.make_jaxpr(functools.partial(stream_forward, CFG))(params, state, x[:, :CHUNK], jnp.zeros(1))
   assert "cond[" not in str(jaxpr)
 
@@ -179,11 +188,11 @@ def test_stream_probe_equals_the_teacher_forcing_probe(params):
   n = 2  # 6 frames: the teacher-forcing probe compiled for the test above
   ctx = _context(rng)
   noisy, clean, source, t = _stream_inputs(rng, n)
-  state = init_stream(CFG, params, ctx, latent_height=H, latent_width=W,
-                      options=StreamConfig(cache_frames=n * CHUNK, mask_cache=NO_MASK))
+  state = init_stream(CFG, params, ctx, latent_height=H, latent_width=W, options=STREAM)
   _, tf = forward(CFG, params, jnp.concatenate([noisy, source], -1), np.repeat(t, CHUNK, axis=1), ctx,
                   chunk_frames=CHUNK, clean_x=jnp.concatenate([clean, source], -1), probe=PROBE)
   f = n * CHUNK
+  key_frames = STREAM.cache_frames + CHUNK
   for c in range(n):
     sl = slice(c * CHUNK, (c + 1) * CHUNK)
     x = jnp.concatenate([noisy[:, sl], source[:, sl]], -1)
@@ -191,7 +200,7 @@ def test_stream_probe_equals_the_teacher_forcing_probe(params):
     np.testing.assert_array_equal(flow, stream_forward_jit(CFG, params, state, x, t[:, c])[0])
     seen = (c + 1) * CHUNK
     np.testing.assert_array_equal(stats.query_frame, np.arange(c * CHUNK, seen))
-    np.testing.assert_array_equal(stats.key_frame, np.r_[np.arange(seen), -np.ones(f + CHUNK - seen)])
+    np.testing.assert_array_equal(stats.key_frame, np.r_[np.arange(seen), -np.ones(key_frames - seen)])
     rows = slice(f + c * CHUNK, f + seen)
     for got, want in ((stats.mass, tf.mass), (stats.local, tf.local)):
       expected = jnp.concatenate([want[:, :, :, rows, :c * CHUNK], want[:, :, :, rows, f + c * CHUNK:f + seen]], 4)
@@ -205,10 +214,9 @@ def test_stream_probe_equals_the_teacher_forcing_probe(params):
 def test_stream_probe_over_a_wrapped_ring_equals_dense_probabilities(params, monkeypatch):
   seed = _seed()
   rng = np.random.default_rng(seed)
-  options = StreamConfig(cache_frames=9, sink_frames=3, mask_cache=NO_MASK)
   ctx = _context(rng)
   noisy, clean, source, t = _stream_inputs(rng, 5)
-  state = init_stream(CFG, params, ctx, latent_height=H, latent_width=W, options=options)
+  state = init_stream(CFG, params, ctx, latent_height=H, latent_width=W, options=STREAM)
   for c in range(4):  # chunks 0-3 cached: sink 0-2, ring slots hold frames 9-11 (slot 3) and 6-8 (slot 6)
     sl = slice(c * CHUNK, (c + 1) * CHUNK)
     _, kv, _ = stream_forward_jit(CFG, params, state, jnp.concatenate([clean[:, sl], source[:, sl]], -1),
@@ -218,8 +226,12 @@ def test_stream_probe_over_a_wrapped_ring_equals_dense_probabilities(params, mon
   _, stats = probe_stream(CFG, params, state, x, t[:, 4], PROBE)
   np.testing.assert_array_equal(stats.key_frame, [0, 1, 2, 6, 7, 8, 9, 10, 11, 12, 13, 14])
 
-  monkeypatch.setattr(attention_probe, "key_frame_mass", _dense_reference(np.ones((CHUNK * P, 4 * CHUNK * P), bool)))
-  _, ref = jax.jit(stream_probe, static_argnums=(0, 5))(CFG, params, state, x, t[:, 4], PROBE)
+  traced = []
+  monkeypatch.setattr(attention_probe, "key_frame_mass",
+                      _dense_reference(np.ones((CHUNK * P, 4 * CHUNK * P), bool), traced))
+  # A new partial: jax.jit(stream_probe) again would reuse the trace above.
+  _, ref = jax.jit(functools.partial(stream_probe, CFG, probe=PROBE))(params, state, x, t[:, 4])
+  assert traced, "the reference probe was not traced"
   assert rel_err(stats.mass, ref.mass) <= FP32_RTOL, f"seed {seed}"
   assert rel_err(stats.local, ref.local) <= FP32_RTOL, f"seed {seed}"
 
@@ -270,7 +282,7 @@ def test_bad_probes_are_explained(params):
   with pytest.raises(ValueError, match=r"probe layers \[2\] are out of range: config 'tiny' has 2 layers"):
     dit_forward(CFG, params, x, jnp.zeros(1), ctx, probe=ProbeConfig(layers=(0, 2)))
   state = init_stream(CFG, params, ctx, latent_height=H, latent_width=W,
-                      options=StreamConfig(cache_frames=6, mask_cache=NO_MASK))
+                      options=STREAM)
   with pytest.raises(ValueError, match="does not take the mask cache's routing"):
     chunk_forward(CFG, params, (state.text_k, state.text_v), state.kv, state.frame_index, x, jnp.zeros(1),
                   routing=(None, None, MaskCacheConfig()), probe=PROBE)
