@@ -9,6 +9,13 @@
         --videos runs/eval/videos
     # a Stage 1 (bidirectional) or Stage 2 (--chunk-causal) model through the 100-NFE CFG sampler
     python -m liveedit_jax.evaluate --editor sampler --chunk-causal --dit runs/synth/stage2 ... --steps 50
+    # the default model (shipped in the package) as a streaming editor
+    python -m liveedit_jax.evaluate --editor stream --split test --clips 32
+
+Models: each of --dit, --vae and --text-encoder left out is the default model's part (`default_model.py`; the
+directory LIVEEDIT_DEFAULT_MODEL names instead, when set), its files checked against their sha256 first; parts
+that do not fit each other are refused in one line naming both directories. Clip sizes (--frames, --height,
+--width) default to the default DiT's native size when it runs, else to the benchmark's 33 × 128 × 128.
 
 Clip i of a run is `synthetic.make_example(split, seed + i, frames, height, width)`, and the editor's noise for
 it comes from `jax.random.key(seed + i)`: a clip's edit and scores depend only on its index in the split, not on
@@ -59,14 +66,13 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from liveedit_jax import cli, metrics, param_io, synthetic
+from liveedit_jax import cli, default_model, metrics, synthetic
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import load_dit
 from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.sampler import sample_edit
 from liveedit_jax.schedule import GENERATOR_SHIFT
 from liveedit_jax.streaming import StreamConfig, init_stream, stream_step
-from liveedit_jax.umt5 import KIND as UMT5_KIND
 from liveedit_jax.umt5 import TextEncoder, UMT5Config, encode_prompts, load_text_encoder
 from liveedit_jax.vae import (VAEConfig, init_vae_stream, load_vae, vae_decode, vae_decode_step, vae_encode,
                               vae_encode_step)
@@ -75,6 +81,8 @@ from liveedit_jax.video_io import open_writer, to_float, to_uint8
 EDITORS = ("source", "target", "stream", "sampler")
 # The contract other tools read (issue 16): these keys are always in the summary.
 SUMMARY_KEYS = ("background_psnr", "edit_psnr", "edit_accuracy", "flicker", "mask_iou", "fps")
+# Clip sizes without the default DiT: the benchmark's clips (the default model's native size too).
+BENCHMARK_SIZE = {"frames": 33, "height": 128, "width": 128}
 SCALAR_KEYS = ("psnr", "background_psnr", "edit_psnr", "ssim", "background_ssim", "edit_ssim", "edit_accuracy",
                "flicker", "mask_iou")
 
@@ -117,9 +125,11 @@ class Models:
   vae_params: Any
   text_encoder: TextEncoder
 
-  def context(self, instruction: str) -> jax.Array:
-    """[1, text_len, text_dim] embedding of the instruction (rows past it zero)."""
-    return encode_prompts(self.text_encoder, [instruction])
+  def context(self, instruction: str) -> np.ndarray:
+    """[1, text_len, text_dim] embedding of the instruction (rows past it zero), on the host as the stream CLI
+    holds it: a device array here would be committed to its device, and `stream_step` would compile again for
+    state built from it instead of sharing the stream CLI's compilation in one process."""
+    return np.asarray(jax.device_get(encode_prompts(self.text_encoder, [instruction])))
 
 
 def stream_chunk_sizes(options: StreamConfig, vae_config: VAEConfig) -> tuple[int, int]:
@@ -136,7 +146,7 @@ def frame_chunks(frames: int, sizes: tuple[int, int]) -> list[int]:
   return chunks
 
 
-def edit_stream(models: Models, options: StreamConfig, frames: np.ndarray, context: jax.Array,
+def edit_stream(models: Models, options: StreamConfig, frames: np.ndarray, context: np.ndarray,
                 key: jax.Array) -> Edited:
   """Edits uint8 frames [T, H, W, 3] chunk by chunk: encode → `stream_step` → decode, as the stream CLI does.
 
@@ -182,7 +192,7 @@ class SamplerOptions:
   chunk_frames: int | None = None  # None: the bidirectional model; 3: the chunk-causal one
 
 
-def edit_sampler(models: Models, options: SamplerOptions, frames: np.ndarray, context: jax.Array,
+def edit_sampler(models: Models, options: SamplerOptions, frames: np.ndarray, context: np.ndarray,
                  key: jax.Array) -> Edited:
   """Edits uint8 frames [T = 1 + 4k, H, W, 3] as one clip: `vae_encode` → `sample_edit` → `vae_decode`.
 
@@ -309,16 +319,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   run.add_argument("--editor", required=True, choices=EDITORS, help="what edits the clips")
   run.add_argument("--split", default="test", choices=synthetic.SPLITS, help="benchmark split (default: test)")
   run.add_argument("--clips", type=int, default=16, help="clips to score (default: 16)")
-  run.add_argument("--frames", type=int, default=33, help="frames per clip (default: 33, the default model's)")
-  run.add_argument("--height", type=int, default=128, help="frame height, a multiple of 16 (default: 128)")
-  run.add_argument("--width", type=int, default=128, help="frame width, a multiple of 16 (default: 128)")
+  native = default_model.native_or_none()
+  for field, text in (("frames", "frames per clip"), ("height", "frame height, a multiple of 16"),
+                      ("width", "frame width, a multiple of 16")):
+    value = f"{getattr(native, field)}, the default DiT's native {field}," if native else \
+        f"the default DiT's native {field}"
+    run.add_argument(f"--{field}", type=int, help=f"{text} (default: {value} when it edits; else "
+                     f"{BENCHMARK_SIZE[field]})")
   run.add_argument("--seed", type=int, default=0,
                    help="first clip index: clip i is example seed + i of the split, edited with noise key seed + i")
   run.add_argument("--json", help="write the records and summary here (JSON)")
   run.add_argument("--overwrite", action="store_true", help="replace an existing --json")
   run.add_argument("--videos", help="write side-by-side mp4s (source | edit | target) of the first clips here")
   run.add_argument("--video-clips", type=int, default=4, help="how many clips --videos writes (default: 4)")
-  models = parser.add_argument_group("models (stream and sampler editors)")
+  models = parser.add_argument_group("models (stream and sampler editors; a model left out is the default model's "
+                                     f"part, under {default_model.shown(default_model.directory())})")
   models.add_argument("--dit", help="converted DiT directory")
   models.add_argument("--vae", help="converted VAE directory")
   models.add_argument("--text-encoder", help="converted umT5 directory (embeds each clip's instruction)")
@@ -338,43 +353,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   sampler.add_argument("--chunk-causal", action="store_true",
                        help="the Stage 2 chunk-causal model (chunks of 3 latent frames); default bidirectional")
   args = parser.parse_args(argv)
-  if args.editor in ("stream", "sampler"):
-    missing = [f"--{name.replace('_', '-')}" for name in ("dit", "vae", "text_encoder") if not getattr(args, name)]
-    if missing:
-      parser.error(f"--editor {args.editor} needs {', '.join(missing)}")
   for name in ("clips", "frames", "steps"):
-    if getattr(args, name) < 1:
+    if getattr(args, name) is not None and getattr(args, name) < 1:
       parser.error(f"--{name} must be positive, got {getattr(args, name)}")
   if args.video_clips < 0:
     parser.error(f"--video-clips must be ≥ 0, got {args.video_clips}")
   if args.seed < 0:
     parser.error(f"--seed must be ≥ 0 (it is the first clip's index), got {args.seed}")
+  # The model editors' directories, each given or the default model's (its files checked); None for the oracles.
+  args.models = None
+  if args.editor in ("stream", "sampler"):
+    args.models = default_model.resolve(args.dit, args.vae, args.text_encoder)
+  native = default_model.native() if args.models and "dit" in args.models.defaults else None
+  for field, benchmark in BENCHMARK_SIZE.items():
+    if getattr(args, field) is None:
+      setattr(args, field, getattr(native, field) if native else benchmark)
   return args
 
 
 def check_models(args: argparse.Namespace) -> tuple[DiTConfig, VAEConfig, UMT5Config]:
   """Reads the three configs (no weights) and checks that they fit each other, the frame size and count."""
-  dit = DiTConfig.from_dict(param_io.read_config(args.dit, "dit"))
-  vae = VAEConfig.from_dict(param_io.read_config(args.vae, "vae"))
-  text = UMT5Config.from_dict({k: v for k, v in param_io.read_config(args.text_encoder, UMT5_KIND).items()
-                               if k != "fingerprint"})
-  if not dit.is_editing:
-    raise ValueError(f"{args.dit}: config {dit.name!r} has in_channels {dit.in_channels}, expected "
-                     f"{2 * dit.latent_channels} (an editing model: noisy ‖ source latents)")
-  if vae.z_dim != dit.latent_channels:
-    raise ValueError(f"{args.vae}: VAE z_dim {vae.z_dim} differs from the DiT's latent_channels "
-                     f"{dit.latent_channels} ({args.dit})")
-  if text.dim != dit.text_dim:
-    raise ValueError(f"{args.text_encoder}: text encoder width {text.dim} differs from the DiT's text_dim "
-                     f"{dit.text_dim} ({args.dit})")
-  if text.text_len > dit.text_len:
-    raise ValueError(f"{args.text_encoder}: text encoder pads prompts to {text.text_len} tokens, more than the "
-                     f"DiT's text_len {dit.text_len} ({args.dit})")
-  _, ph, pw = dit.patch_size
-  s = vae.spatial_factor
-  if args.height % (s * ph) or args.width % (s * pw):
-    raise ValueError(f"--height {args.height} and --width {args.width} must be multiples of {s * ph} and "
-                     f"{s * pw}: the VAE ({args.vae}) downsamples by {s} and the DiT's patch is {ph}×{pw} latents")
+  dit, vae, text = default_model.check_models(args.models, args.height, args.width)
   k = vae.temporal_factor
   if (args.frames - 1) % k:
     raise ValueError(f"--frames {args.frames}: the {args.editor} editor needs 1 + {k}·n frames (Wan's VAE "
@@ -405,9 +404,11 @@ def build_editor(args: argparse.Namespace) -> tuple[Editor, dict[str, Any]]:
     return target_editor, geometry
   check_models(args)
   dtype = args.dtype or ("bfloat16" if jax.default_backend() == "gpu" else "float32")
-  with cli.status(f"loading the DiT, VAE and text encoder ({dtype})"):
-    models = Models(*load_dit(args.dit, compute_dtype=dtype), *load_vae(args.vae, compute_dtype=dtype),
-                    load_text_encoder(args.text_encoder, dtype))
+  dirs = args.models
+  defaults = f", the default model's {', '.join(dirs.defaults)}" if dirs.defaults else ""
+  with cli.status(f"loading the DiT, VAE and text encoder ({dtype}{defaults})"):
+    models = Models(*load_dit(dirs.dit, compute_dtype=dtype), *load_vae(dirs.vae, compute_dtype=dtype),
+                    load_text_encoder(dirs.text_encoder, dtype))
   options = StreamConfig(cache_frames=args.cache_frames, sink_frames=args.sink_frames, refresh=args.refresh,
                          mask_cache=MaskCacheConfig(prune_ratio=args.prune, cache_on=args.cache_on))
   _, ph, pw = models.dit_config.patch_size
@@ -482,7 +483,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                            edited.frames)
       bar.set_postfix_str(f"bg {_fmt(record['background_psnr'], 1)} dB, edit {_fmt(record['edit_psnr'], 1)} dB")
       bar.update()
-  config = {k: v for k, v in vars(args).items() if k not in ("json", "overwrite", "videos", "video_clips")}
+  config = {k: v for k, v in vars(args).items() if k not in ("json", "overwrite", "videos", "video_clips", "models")}
+  if args.models is not None:  # the directories that ran, and which of them were the default model's
+    config.update(dit=args.models.dit, vae=args.models.vae, text_encoder=args.models.text_encoder,
+                  default_parts=list(args.models.defaults))
   result = {"config": config, "records": records, "summary": summarize(records)}
   if args.json:
     _write_json(args.json, result)

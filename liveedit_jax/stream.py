@@ -1,5 +1,7 @@
 """Streaming video editing from the command line: read frames, edit them chunk by chunk, write them as they come.
 
+    python -m liveedit_jax.stream --input synthetic:7 --output out.mp4 --side-by-side   # the default model
+    python -m liveedit_jax.stream --input in.mp4 --output out.mp4 --prompt "make the red circle blue"
     python -m liveedit_jax.stream --input in.mp4 --output out.mp4 --prompt "make it snowy" \\
         --dit checkpoints/liveedit-1.3b --vae checkpoints/wan2.1-vae \\
         --text-encoder checkpoints/umt5-xxl --prompt-cache cache/prompts
@@ -14,8 +16,18 @@ last frame and only its real frames are written. The prompt is embedded once bef
 prompt cache when given, so the 11 GB text encoder is loaded only on a miss and freed before the DiT loads), or a
 precomputed [1, L, text_dim] embedding is read (`--context`).
 
+Models: each of --dit, --vae and --text-encoder left out is the default model's part (`default_model.py`: the
+procedural benchmark's small editor shipped in the package, or the directory LIVEEDIT_DEFAULT_MODEL names), its
+files checked against their sha256 first; with the default DiT, --height, --width and --fps default to its native
+size (128×128 at 16 fps), else to Wan's 480×832 at 16 fps. Parts that do not fit each other (latent channels,
+text width, sizes the VAE and the DiT's patch divide) are refused in one line naming both directories. Prompt
+words the text encoder's tokenizer does not know (they read as <unk>) get a warning naming them.
+
 Inputs and outputs are described in `video_io.py`: a video file, `webcam:/dev/videoN`, raw rgb24 on stdin (`-`)
-or in a .rgb file (both with `--input-size WxH`); a video file, raw rgb24 to stdout (`-`) or to a .rgb file.
+or in a .rgb file (both with `--input-size WxH`), or `synthetic:SEED[:FRAMES]`, the source clip of the
+benchmark's test example SEED (`synthetic.make_example`, 33 frames unless FRAMES), whose instruction is the
+prompt when --prompt is left out; a video file, raw rgb24 to stdout (`-`) or to a .rgb file. `--side-by-side`
+writes each frame as source | edit, twice as wide.
 An existing output file is refused unless `--overwrite`; the output is written under a temporary name and takes
 its own name when the first chunk is written, so a run that fails earlier leaves nothing there.
 
@@ -35,10 +47,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import functools
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,43 +59,62 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from liveedit_jax import cli, param_io
+from liveedit_jax import cli, default_model
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import load_dit
 from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.prompt_cache import PromptCache
 from liveedit_jax.streaming import StreamConfig, StreamState, init_stream, stream_step
+from liveedit_jax.tokenizer import SPIECE_FILE, TOKENIZER_JSON, Tokenizer, clean_prompt
 from liveedit_jax.umt5 import encode_prompts, load_text_encoder, text_encoder_identity
-from liveedit_jax.vae import (VAEConfig, VAEStreamState, init_vae_stream, load_vae, vae_decode_step,
-                              vae_encode_step)
+from liveedit_jax.vae import VAEConfig, VAEStreamState, init_vae_stream, load_vae, vae_decode_step, vae_encode_step
 from liveedit_jax.video_io import (FrameReader, RawWriter, VideoIOError, VideoWriter, count_frames, is_raw,
-                                   open_reader, open_writer, parse_size, to_float, to_uint8)
+                                   is_synthetic, open_reader, open_writer, parse_size, to_float, to_uint8)
 
 # Jitted once per process (the configs are static and hashable), so runs in one process share compilations.
 vae_encode = jax.jit(vae_encode_step, static_argnums=0, static_argnames="first", donate_argnums=2)
 vae_decode = jax.jit(vae_decode_step, static_argnums=0, static_argnames="first", donate_argnums=2)
 
+# Frame size and rate with a converted DiT (--dit): Wan's.
+CONVERTED_SIZE = {"height": 480, "width": 832, "fps": 16.0}
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  """The options; the models left out are resolved to the default model's (its files checked) in `args.models`,
+  and --height, --width, --fps to the default DiT's native size or Wan's."""
+  native = default_model.native_or_none()
+
+  def default(field: str) -> str:
+    value = f"{getattr(native, field):g}, the default model's native size," if native else \
+        f"the default model's native {field}"
+    return f"(default: {value} without --dit; {CONVERTED_SIZE[field]:g} with --dit)"
+
+  default_dir = f"the default model's, {default_model.shown(default_model.directory())}/"
   parser = cli.ArgumentParser(prog="python -m liveedit_jax.stream", description=__doc__)
   io = parser.add_argument_group("input and output")
-  io.add_argument("--input", required=True, help="video file, webcam:/dev/videoN, - (raw rgb24 on stdin) or *.rgb")
+  io.add_argument("--input", required=True, help="video file, webcam:/dev/videoN, - (raw rgb24 on stdin), *.rgb, "
+                  "or synthetic:SEED[:FRAMES] (the benchmark's test example SEED)")
   io.add_argument("--input-size", help="WxH of raw rgb24 input (- or *.rgb)")
   io.add_argument("--output", required=True, help="video file (.mp4: H.264), - (raw rgb24 on stdout) or *.rgb")
   io.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-  io.add_argument("--height", type=int, default=480, help="frame height the model runs at (multiple of 16)")
-  io.add_argument("--width", type=int, default=832, help="frame width the model runs at (multiple of 16)")
-  io.add_argument("--fps", type=float, default=16.0,
-                  help="frame rate of the output; video files and webcams are resampled to it (Wan's 16)")
+  io.add_argument("--side-by-side", action="store_true",
+                  help="write source | edit side by side (frames twice the model's width)")
+  io.add_argument("--height", type=int, help=f"frame height the model runs at, a multiple of 16 {default('height')}")
+  io.add_argument("--width", type=int, help=f"frame width the model runs at, a multiple of 16 {default('width')}")
+  io.add_argument("--fps", type=float, help="frame rate of the output; video files and webcams are resampled to "
+                  f"it {default('fps')}")
   io.add_argument("--max-frames", type=int, help="stop after this many input frames")
-  models = parser.add_argument_group("models and prompt")
-  models.add_argument("--dit", required=True, help="converted DiT directory (python -m convert.wan_dit)")
-  models.add_argument("--vae", required=True, help="converted VAE directory (python -m convert.wan_vae)")
-  prompt = models.add_mutually_exclusive_group(required=True)
-  prompt.add_argument("--text-encoder", help="converted umT5 directory (python -m convert.umt5); needs --prompt")
-  prompt.add_argument("--context", help="precomputed prompt embedding, .npy of shape [1, L, text_dim]")
-  models.add_argument("--prompt", help="the edit instruction, e.g. 'make it snowy'")
-  models.add_argument("--prompt-cache", help="directory of cached prompt embeddings (with --text-encoder)")
+  models = parser.add_argument_group("models and prompt (a model left out is the default model's part)")
+  models.add_argument("--dit", help=f"converted DiT directory (python -m convert.wan_dit; default: {default_dir}dit)")
+  models.add_argument("--vae", help=f"converted VAE directory (python -m convert.wan_vae; default: {default_dir}vae)")
+  prompt = models.add_mutually_exclusive_group()
+  prompt.add_argument("--text-encoder", help="converted umT5 directory (python -m convert.umt5; default: "
+                      f"{default_dir}text_encoder)")
+  prompt.add_argument("--context", help="precomputed prompt embedding, .npy of shape [1, L, text_dim], instead of "
+                      "a text encoder")
+  models.add_argument("--prompt", help="the edit instruction, e.g. 'make it snowy' (default with a synthetic:SEED "
+                      "input: the example's own)")
+  models.add_argument("--prompt-cache", help="directory of cached prompt embeddings (not with --context)")
   models.add_argument("--dtype", choices=("bfloat16", "float32"),
                       help="compute dtype of the DiT and VAE (default: bfloat16 on GPU, float32 elsewhere)")
   stream = parser.add_argument_group("streaming")
@@ -96,34 +127,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   stream.add_argument("--sink-frames", type=int, default=0, help="of those, first frames never evicted")
   stream.add_argument("--seed", type=int, default=0, help="seed of the denoising noise")
   args = parser.parse_args(argv)
-  if args.text_encoder and not args.prompt:
-    parser.error("--text-encoder needs --prompt")
-  if args.prompt_cache and not args.text_encoder:
-    parser.error("--prompt-cache needs --text-encoder")
+  if not args.context and not args.prompt and not is_synthetic(args.input):
+    parser.error("--prompt is needed (the edit instruction), unless --context gives its embedding or the input is "
+                 "synthetic:SEED")
+  if args.prompt_cache and args.context:
+    parser.error("--prompt-cache caches the text encoder's embeddings; it does not apply to --context")
   if args.max_frames is not None and args.max_frames <= 0:
     parser.error(f"--max-frames must be positive, got {args.max_frames}")
-  if args.fps <= 0:
+  if args.fps is not None and args.fps <= 0:
     parser.error(f"--fps must be positive, got {args.fps}")
+  args.models = default_model.resolve(args.dit, args.vae, args.text_encoder, text=not args.context)
+  native = default_model.native() if "dit" in args.models.defaults else None
+  for field, converted in CONVERTED_SIZE.items():
+    if getattr(args, field) is None:
+      setattr(args, field, getattr(native, field) if native else converted)
   return args
 
 
-def check_models(args: argparse.Namespace) -> tuple[DiTConfig, VAEConfig]:
-  """Reads both configs (no weights) and checks that they fit each other and the frame size."""
-  dit = DiTConfig.from_dict(param_io.read_config(args.dit, "dit"))
-  vae = VAEConfig.from_dict(param_io.read_config(args.vae, "vae"))
-  if not dit.is_editing:
-    raise ValueError(f"{args.dit}: config {dit.name!r} has in_channels {dit.in_channels}, expected "
-                     f"{2 * dit.latent_channels} (an editing model: noisy ‖ source latents); convert a LiveEdit "
-                     f"checkpoint, or widen a text-to-video one with `python -m convert.wan_dit --in-channels 32`")
-  if vae.z_dim != dit.latent_channels:
-    raise ValueError(f"{args.vae}: VAE z_dim {vae.z_dim} differs from the DiT's latent_channels "
-                     f"{dit.latent_channels} ({args.dit})")
-  _, ph, pw = dit.patch_size
-  s = vae.spatial_factor
-  if args.height <= 0 or args.width <= 0 or args.height % (s * ph) or args.width % (s * pw):
-    raise ValueError(f"--height {args.height} and --width {args.width} must be positive multiples of "
-                     f"{s * ph} and {s * pw}: the VAE downsamples by {s} and the DiT's patch is {ph}×{pw} latents")
-  return dit, vae
+def _model_name(args: argparse.Namespace, part: str, noun: str) -> str:
+  """"the DiT", or "the default model's DiT" when it is the default's part."""
+  return f"the default model's {noun}" if part in args.models.defaults else f"the {noun}"
+
+
+def _unk_id(tokenizer: Tokenizer) -> int:
+  """<unk>'s id, read from the file the tokenizer's backend reads (the Tokenizer does not expose it)."""
+  if tokenizer.backend == "sentencepiece":
+    import sentencepiece  # noqa: PLC0415
+
+    return sentencepiece.SentencePieceProcessor(model_file=str(tokenizer.directory / SPIECE_FILE)).unk_id()
+  from tokenizers import Tokenizer as HFTokenizer  # noqa: PLC0415 (the tokenizers backend is optional)
+
+  return HFTokenizer.from_file(str(tokenizer.directory / TOKENIZER_JSON)).token_to_id("<unk>")
+
+
+def unknown_words(tokenizer: Tokenizer, prompt: str) -> list[str]:
+  """The words of the cleaned prompt that the tokenizer maps, whole or in part, to <unk> (each once, in order)."""
+  unk = _unk_id(tokenizer)
+  return list(dict.fromkeys(w for w in clean_prompt(prompt).split(" ") if w and unk in tokenizer.ids(w)[:-1]))
+
+
+def warn_unknown_words(tokenizer: Tokenizer, prompt: str, where: str) -> None:
+  """A warning naming the prompt's words the tokenizer of the text encoder `where` does not know."""
+  if words := unknown_words(tokenizer, prompt):
+    warnings.warn(f"the prompt's words {', '.join(map(repr, words))} are not in the vocabulary of the text encoder "
+                  f"({where}): each reads as <unk>, so the edit cannot follow them", stacklevel=2)
 
 
 def param_count(params: Any) -> int:
@@ -139,7 +186,10 @@ def load_logged(what: str, path: str, load: Callable[[], Any], params: Callable[
 
 
 def load_context(args: argparse.Namespace, dit: DiTConfig) -> np.ndarray:
-  """The prompt embedding [1, L ≤ text_len, text_dim], from --context or the text encoder (freed on return)."""
+  """The prompt embedding [1, L ≤ text_len, text_dim], from --context or the text encoder (freed on return).
+
+  A prompt the encoder embeds (not read from the cache) is checked for words its tokenizer does not know.
+  """
   if args.context:
     source = args.context
     if not Path(source).is_file():
@@ -149,27 +199,26 @@ def load_context(args: argparse.Namespace, dit: DiTConfig) -> np.ndarray:
     if context.dtype == np.dtype("V2"):
       context = context.view(ml_dtypes.bfloat16)
   else:
-    source = args.text_encoder
-    load = functools.partial(load_logged, "the text encoder", args.text_encoder,
-                             lambda: load_text_encoder(args.text_encoder), lambda encoder: encoder.params)
-    cache = args.prompt_cache and PromptCache(args.prompt_cache, text_encoder_identity(args.text_encoder))
+    path, source = args.models.text_encoder, args.models.label("text_encoder")
+    cache = args.prompt_cache and PromptCache(args.prompt_cache, text_encoder_identity(path))
     if cache and (cached := cache.get(args.prompt)) is not None:
       cli.say(f"prompt embedding read from the cache {args.prompt_cache}")
       context = cached[None]
-    elif cache:
-      encoder = load()
-      with cli.status(f"embedding the prompt (stored in the cache {args.prompt_cache})"):
-        context = cache.get_or_encode(encoder, [args.prompt])
-      del encoder
     else:
-      encoder = load()
-      with cli.status("embedding the prompt"):
-        context = np.asarray(jax.device_get(encode_prompts(encoder, [args.prompt])))
+      encoder = load_logged(_model_name(args, "text_encoder", "text encoder"), path,
+                            lambda: load_text_encoder(path), lambda encoder: encoder.params)
+      warn_unknown_words(encoder.tokenizer, args.prompt, source)
+      if cache:
+        with cli.status(f"embedding the prompt (stored in the cache {args.prompt_cache})"):
+          context = cache.get_or_encode(encoder, [args.prompt])
+      else:
+        with cli.status("embedding the prompt"):
+          context = np.asarray(jax.device_get(encode_prompts(encoder, [args.prompt])))
       del encoder
   if (context.ndim != 3 or context.shape[0] != 1 or not 1 <= context.shape[1] <= dit.text_len
       or context.shape[2] != dit.text_dim or not jnp.issubdtype(context.dtype, jnp.floating)):
     raise ValueError(f"{source}: prompt embedding has shape {list(context.shape)} ({context.dtype}), expected a "
-                     f"float [1, L ≤ {dit.text_len}, {dit.text_dim}] for the DiT in {args.dit}")
+                     f"float [1, L ≤ {dit.text_len}, {dit.text_dim}] for the DiT in {args.models.label('dit')}")
   return context
 
 
@@ -246,11 +295,12 @@ def _compile_note(compile_s: tuple[float, ...]) -> str:
 
 def run_stream(models: Models, state: StreamState, vae_state: VAEStreamState, reader: FrameReader,
                writer: RawWriter | VideoWriter, frames: np.ndarray, chunk_sizes: tuple[int, int],
-               limit: float, total: int | None = None) -> None:
+               limit: float, total: int | None = None, side_by_side: bool = False) -> None:
   """Edits chunks until the input ends (or `limit` input frames), writing each chunk's real frames at once.
 
-  frames: the first chunk, already read. total: the input's frame count when known (for the time left). One
-  progress line per chunk and a summary go to stderr, with a bar on a terminal.
+  frames: the first chunk, already read. total: the input's frame count when known (for the time left).
+  side_by_side: write source | edit frames [T, H, 2W, 3]. One progress line per chunk and a summary go to stderr,
+  with a bar on a terminal.
   """
   index, mask = 0, None
   stream_start = steady_start = time.perf_counter()
@@ -265,7 +315,8 @@ def run_stream(models: Models, state: StreamState, vae_state: VAEStreamState, re
       on_phase = lambda phase, index=index: bar.set_description(f"chunk {index}: {phase}")  # noqa: E731
       vae_state, state, edited, ms, compile_s = edit_chunk(models, vae_state, state, padded, first=index == 0,
                                                            on_phase=on_phase)
-      writer.write(to_uint8(edited[:real]))
+      edited = to_uint8(edited[:real])
+      writer.write(np.concatenate([frames, edited], axis=2) if side_by_side else edited)
       bar.update(real)
       report = (f"chunk {index}: frames {reader.frames_read - real}-{reader.frames_read - 1}  encode {ms[0]:.1f} ms"
                 f"  dit {ms[1]:.1f} ms  decode {ms[2]:.1f} ms  {real / (time.perf_counter() - chunk_start):.1f} fps"
@@ -300,15 +351,18 @@ def run_stream(models: Models, state: StreamState, vae_state: VAEStreamState, re
 
 def load_models(args: argparse.Namespace, dtype: str) -> Models:
   """The DiT and the VAE in `dtype`, each between two status lines."""
-  dit = load_logged("the DiT", args.dit, lambda: load_dit(args.dit, compute_dtype=dtype), lambda m: m[1])
-  vae = load_logged("the VAE", args.vae, lambda: load_vae(args.vae, compute_dtype=dtype), lambda m: m[1])
+  dirs = args.models
+  dit = load_logged(_model_name(args, "dit", "DiT"), dirs.dit, lambda: load_dit(dirs.dit, compute_dtype=dtype),
+                    lambda m: m[1])
+  vae = load_logged(_model_name(args, "vae", "VAE"), dirs.vae, lambda: load_vae(dirs.vae, compute_dtype=dtype),
+                    lambda m: m[1])
   return Models(*dit, *vae)
 
 
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
   cli.refuse_existing(args.output, args.overwrite)
-  dit_config, vae_config = check_models(args)
+  dit_config, vae_config, _ = default_model.check_models(args.models, args.height, args.width)
   input_size = parse_size(args.input_size) if args.input_size else None
   options = StreamConfig(cache_frames=args.cache_frames, sink_frames=args.sink_frames, refresh=args.refresh,
                          mask_cache=MaskCacheConfig(prune_ratio=args.prune, cache_on=args.cache_on))
@@ -321,11 +375,15 @@ def main(argv: list[str] | None = None) -> None:
   with contextlib.ExitStack() as stack:
     stack.enter_context(_sigterm_unwinds())
     reader = stack.enter_context(open_reader(args.input, width, height, args.fps, input_size))
-    writer = stack.enter_context(open_writer(args.output, width, height, args.fps, overwrite=args.overwrite))
+    writer = stack.enter_context(open_writer(args.output, 2 * width if args.side_by_side else width, height,
+                                             args.fps, overwrite=args.overwrite))
     # The first chunk is read before the models load, so an unreadable input fails in seconds.
     frames = reader.read(int(min(chunk_sizes[0], limit)))
     if not len(frames):
       raise VideoIOError(f"{reader.name}: no frames to read")
+    if not args.context and not args.prompt:  # parse_args allows this for a synthetic input only
+      args.prompt = reader.example.instruction
+      cli.say(f"prompt: {args.prompt!r}, the instruction of {reader.name} (--prompt replaces it)")
     total = count_frames(args.input, width, height, args.fps, input_size)
     if total is not None and args.max_frames:
       total = min(total, args.max_frames)
@@ -335,10 +393,12 @@ def main(argv: list[str] | None = None) -> None:
     state = init_stream(models.dit_config, models.dit_params, context, latent_height=height // s,
                         latent_width=width // s, options=options, rng=jax.random.key(args.seed))
     vae_state = init_vae_stream(models.vae_config, 1, height, width)
-    length = "" if total is None else f" ({'about ' if not is_raw(args.input) else ''}{total} frames)"
+    exact = is_raw(args.input) or is_synthetic(args.input)
+    length = "" if total is None else f" ({'' if exact else 'about '}{total} frames)"
     cli.say(f"streaming {reader.name}{length} to {writer.name} at {width}×{height}, {args.fps:g} fps, {dtype}, "
-            f"chunks of {chunk_sizes[0]} then {chunk_sizes[1]} frames")
-    run_stream(models, state, vae_state, reader, writer, frames, chunk_sizes, limit, total)
+            f"chunks of {chunk_sizes[0]} then {chunk_sizes[1]} frames" + (", source | edit" if args.side_by_side
+                                                                            else ""))
+    run_stream(models, state, vae_state, reader, writer, frames, chunk_sizes, limit, total, args.side_by_side)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ Inputs (`open_reader`):
   "webcam:DEVICE"   ffmpeg's v4l2 input (e.g. webcam:/dev/video0), processed as a file.
   "-" or "*.rgb"    raw rgb24 frames of `input_size` (W, H) on stdin or in a file, taken frame by frame (no
                     resampling); read directly when `input_size` is the model's size, else scaled by ffmpeg.
+  "synthetic:SEED[:FRAMES]"   the source clip of the procedural benchmark's test example SEED
+                    (`synthetic.make_example("test", SEED, ...)`), rendered at width × height, FRAMES frames
+                    (default 33, the benchmark's clips) at the benchmark's 16 fps whatever `fps`; the reader's
+                    `example` holds the whole example (target, mask, instruction).
 Outputs (`open_writer`):
   "-" or "*.rgb"    raw rgb24 frames on stdout or in a file, flushed after every `write`.
   a video file      encoded by ffmpeg (libx264, yuv420p for .mp4 / .mov / .mkv). An .mp4 / .mov is fragmented
@@ -25,6 +29,7 @@ ffmpeg runs in its own session, so a Ctrl-C reaches only Python, whose `finally`
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -37,7 +42,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from liveedit_jax import cli
+from liveedit_jax import cli, synthetic
 
 
 def _ffmpeg() -> str:
@@ -50,6 +55,9 @@ def _ffmpeg() -> str:
 STDIO = "-"
 RAW_SUFFIX = ".rgb"
 WEBCAM_PREFIX = "webcam:"
+SYNTHETIC_PREFIX = "synthetic:"
+SYNTHETIC_SPLIT = "test"
+SYNTHETIC_FRAMES = 33  # the benchmark's clips (and the default model's)
 _X264_CONTAINERS = (".mp4", ".mov", ".mkv")
 _FRAGMENTED_CONTAINERS = (".mp4", ".mov")
 
@@ -61,6 +69,20 @@ class VideoIOError(RuntimeError):
 def is_raw(path: str) -> bool:
   """Whether `path` names raw rgb24 frames (stdin / stdout or a .rgb file)."""
   return path == STDIO or path.lower().endswith(RAW_SUFFIX)
+
+
+def is_synthetic(source: str) -> bool:
+  """Whether `source` names a benchmark example ("synthetic:SEED[:FRAMES]")."""
+  return source.startswith(SYNTHETIC_PREFIX)
+
+
+def parse_synthetic(source: str) -> tuple[int, int]:
+  """"synthetic:SEED[:FRAMES]" → (SEED, FRAMES), FRAMES SYNTHETIC_FRAMES when left out."""
+  match = re.fullmatch(r"synthetic:(\d+)(?::(\d+))?", source)
+  if not match or match[2] is not None and int(match[2]) < 1:
+    raise ValueError(f"bad input {source!r}: expected synthetic:SEED or synthetic:SEED:FRAMES (SEED ≥ 0, "
+                     f"FRAMES ≥ 1), e.g. synthetic:7 or synthetic:7:{SYNTHETIC_FRAMES}")
+  return int(match[1]), int(match[2] or SYNTHETIC_FRAMES)
 
 
 def parse_size(text: str, what: str = "--input-size") -> tuple[int, int]:
@@ -149,6 +171,15 @@ class FrameReader:
     self.close()
 
 
+class SyntheticReader(FrameReader):
+  """A benchmark example's source clip, read as any input is; `example` is the whole `synthetic.EditExample`."""
+
+  def __init__(self, name: str, example: synthetic.EditExample):
+    _, height, width, _ = example.source.shape
+    super().__init__(name, io.BytesIO(example.source.tobytes()), width, height)
+    self.example = example
+
+
 def open_reader(source: str, width: int, height: int, fps: float,
                 input_size: tuple[int, int] | None = None) -> FrameReader:
   """Frames of `source` (see the module docstring), as uint8 width × height.
@@ -156,6 +187,13 @@ def open_reader(source: str, width: int, height: int, fps: float,
   input_size: (W, H) of raw rgb24 input; required for "-" and .rgb sources, refused for others.
   fps: frame rate that video files and webcams are resampled to (raw input has no timestamps).
   """
+  if is_synthetic(source):
+    if input_size is not None:
+      raise ValueError(f"--input-size applies to raw rgb24 input ('-' or *{RAW_SUFFIX}), not to {source!r}, "
+                       f"which is rendered at the model's size")
+    seed, frames = parse_synthetic(source)
+    return SyntheticReader(source, synthetic.make_example(SYNTHETIC_SPLIT, seed, frames=frames, height=height,
+                                                          width=width))
   raw = is_raw(source)
   if raw and input_size is None:
     raise ValueError(f"raw rgb24 input ({source!r}) needs --input-size WxH")
@@ -197,9 +235,11 @@ def count_frames(source: str, width: int, height: int, fps: float,
                  input_size: tuple[int, int] | None = None) -> int | None:
   """About how many frames `open_reader(source, width, height, fps, input_size)` yields; None when unknown.
 
-  Raw files: exact (size / frame bytes). Video files: their duration (ffmpeg's header line, nothing decoded)
-  times `fps`, to within a frame. stdin and webcams: None.
+  Raw files and synthetic inputs: exact (size / frame bytes; FRAMES). Video files: their duration (ffmpeg's
+  header line, nothing decoded) times `fps`, to within a frame. stdin and webcams: None.
   """
+  if is_synthetic(source):
+    return parse_synthetic(source)[1]
   if source == STDIO or source.startswith(WEBCAM_PREFIX) or not Path(source).is_file():
     return None
   if is_raw(source):

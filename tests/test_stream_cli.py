@@ -27,7 +27,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from liveedit_jax import param_io, stream, video_io
+from liveedit_jax import default_model, param_io, stream, video_io
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import init_dit_params, load_dit
 from liveedit_jax.mask_cache import MaskCacheConfig
@@ -353,8 +353,8 @@ def test_prompt_cache_hit_loads_no_encoder(tmp_path):
   embedding = np.random.default_rng(0).standard_normal((DIT.text_len, DIT.text_dim)).astype(ml_dtypes.bfloat16)
   cache.entry_path("make it snowy").parent.mkdir(parents=True)
   np.save(cache.entry_path("make it snowy"), embedding)
-  args = argparse.Namespace(context=None, text_encoder=str(encoder_dir), prompt_cache=str(tmp_path / "cache"),
-                            prompt="make it snowy", dit="dit")
+  args = argparse.Namespace(context=None, prompt_cache=str(tmp_path / "cache"), prompt="make it snowy",
+                            models=default_model.ModelDirs(dit="dit", vae="vae", text_encoder=str(encoder_dir)))
   context = stream.load_context(args, DIT)
   assert context.dtype == ml_dtypes.bfloat16
   np.testing.assert_array_equal(context, embedding[None])
