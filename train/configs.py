@@ -179,10 +179,10 @@ TRAIN_PRESETS: dict[str, dict[int, TrainConfig]] = {
         # python -m train.stage1 --config synth
         1: _SYNTH,
         # python -m train.stage2 --config synth --init runs/synth/stage1/export_ema
-        2: _SYNTH.replace(stage=2, workdir="runs/synth/stage2", steps=2500, lr=1e-4),
+        2: _SYNTH.replace(stage=2, workdir="runs/synth/stage2", steps=1500, lr=1e-4),
         # python -m train.stage3 --config synth --init runs/synth/stage2/export_ema \
         #     --score-init runs/synth/stage1/export_ema
-        3: _SYNTH.replace(stage=3, workdir="runs/synth/stage3", steps=1000, lr=2e-5, critic_lr=4e-5, b1=0.0,
+        3: _SYNTH.replace(stage=3, workdir="runs/synth/stage3", steps=600, lr=2e-5, critic_lr=4e-5, b1=0.0,
                           ema_decay=0.99, ema_start=100),
     },
     "tiny": {
