@@ -135,7 +135,8 @@ def package(recipe: Recipe, destination: Path, dit_phase: str = "stage3") -> Pat
     meta = json.loads((source / param_io.CONFIG_FILE).read_text())
     params = param_io.cast_tree(jax.device_get(param_io.load_params(source)), ml_dtypes.bfloat16)
     files = {str(p.relative_to(source)): p for p in source.rglob("*") if p.is_file()
-             and p.relative_to(source).parts[0] not in (param_io.PARAMS_DIR, param_io.CONFIG_FILE, "metrics.json")}
+             and p.relative_to(source).parts[0] not in (param_io.PARAMS_DIR, param_io.SAFETENSORS_FILE, param_io.CONFIG_FILE,
+                                                  "metrics.json")}
     param_io.save_params(destination / name, kinds[name], meta["config"], params, overwrite=True, files=files,
                          safetensors=True)
   hashes = {str(p.relative_to(destination)): _sha256(p) for name in sources
