@@ -69,9 +69,9 @@ import numpy as np
 from liveedit_jax import cli, default_model, metrics, synthetic
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import load_dit
-from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.sampler import sample_edit
 from liveedit_jax.schedule import GENERATOR_SHIFT
+from liveedit_jax.stream import add_stream_options, stream_options
 from liveedit_jax.streaming import StreamConfig, init_stream, stream_step
 from liveedit_jax.umt5 import TextEncoder, UMT5Config, encode_prompts, load_text_encoder
 from liveedit_jax.vae import (VAEConfig, init_vae_stream, load_vae, vae_decode, vae_decode_step, vae_encode,
@@ -339,13 +339,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   models.add_argument("--text-encoder", help="converted umT5 directory (embeds each clip's instruction)")
   models.add_argument("--dtype", choices=("bfloat16", "float32"),
                       help="compute dtype of the models (default: bfloat16 on GPU, float32 elsewhere)")
-  stream = parser.add_argument_group("stream editor (as python -m liveedit_jax.stream)")
-  stream.add_argument("--prune", type=float, default=0.7, help="mask cache: fraction of tokens reused")
-  stream.add_argument("--cache-on", choices=("self_attn", "ffn", "none"), default="self_attn",
-                      help="mask cache placement; none recomputes every token")
-  stream.add_argument("--refresh", choices=("clean", "none"), default="clean", help="KV cache refresh")
-  stream.add_argument("--cache-frames", type=int, default=18, help="past latent frames attended to")
-  stream.add_argument("--sink-frames", type=int, default=0, help="of those, first frames never evicted")
+  add_stream_options(parser.add_argument_group("stream editor (as python -m liveedit_jax.stream)"))
   sampler = parser.add_argument_group("sampler editor (Stage 1/2 models)")
   sampler.add_argument("--steps", type=int, default=50, help="Euler steps (default 50: 100 NFE with guidance)")
   sampler.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (1: none)")
@@ -409,8 +403,7 @@ def build_editor(args: argparse.Namespace) -> tuple[Editor, dict[str, Any]]:
   with cli.status(f"loading the DiT, VAE and text encoder ({dtype}{defaults})"):
     models = Models(*load_dit(dirs.dit, compute_dtype=dtype), *load_vae(dirs.vae, compute_dtype=dtype),
                     load_text_encoder(dirs.text_encoder, dtype))
-  options = StreamConfig(cache_frames=args.cache_frames, sink_frames=args.sink_frames, refresh=args.refresh,
-                         mask_cache=MaskCacheConfig(prune_ratio=args.prune, cache_on=args.cache_on))
+  options = stream_options(args)
   _, ph, pw = models.dit_config.patch_size
   s = models.vae_config.spatial_factor
   geometry = {"chunk_sizes": stream_chunk_sizes(options, models.vae_config), "pixels_per_token": (s * ph, s * pw),

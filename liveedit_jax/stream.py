@@ -79,6 +79,25 @@ vae_decode = jax.jit(vae_decode_step, static_argnums=0, static_argnames="first",
 CONVERTED_SIZE = {"height": 480, "width": 832, "fps": 16.0}
 
 
+def add_stream_options(group: argparse._ArgumentGroup) -> argparse._ArgumentGroup:
+  """The streaming options (mask cache, KV cache refresh, cache frames), shared with `python -m
+  liveedit_jax.evaluate --editor stream`; `stream_options` reads them back."""
+  group.add_argument("--prune", type=float, default=0.7, help="mask cache: fraction of tokens reused")
+  group.add_argument("--cache-on", choices=("self_attn", "ffn", "none"), default="self_attn",
+                     help="mask cache placement; none recomputes every token")
+  group.add_argument("--refresh", choices=("clean", "none"), default="clean",
+                     help="KV cache refresh: a forward on the clean output (clean) or the last denoising forward")
+  group.add_argument("--cache-frames", type=int, default=18, help="past latent frames attended to")
+  group.add_argument("--sink-frames", type=int, default=0, help="of those, first frames never evicted")
+  return group
+
+
+def stream_options(args: argparse.Namespace) -> StreamConfig:
+  """The StreamConfig of `add_stream_options`' flags."""
+  return StreamConfig(cache_frames=args.cache_frames, sink_frames=args.sink_frames, refresh=args.refresh,
+                      mask_cache=MaskCacheConfig(prune_ratio=args.prune, cache_on=args.cache_on))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   """The options; the models left out are resolved to the default model's (its files checked) in `args.models`,
   and --height, --width, --fps to the default DiT's native size or Wan's."""
@@ -117,14 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   models.add_argument("--prompt-cache", help="directory of cached prompt embeddings (not with --context)")
   models.add_argument("--dtype", choices=("bfloat16", "float32"),
                       help="compute dtype of the DiT and VAE (default: bfloat16 on GPU, float32 elsewhere)")
-  stream = parser.add_argument_group("streaming")
-  stream.add_argument("--prune", type=float, default=0.7, help="mask cache: fraction of tokens reused")
-  stream.add_argument("--cache-on", choices=("self_attn", "ffn", "none"), default="self_attn",
-                      help="mask cache placement; none recomputes every token")
-  stream.add_argument("--refresh", choices=("clean", "none"), default="clean",
-                      help="KV cache refresh: a forward on the clean output (clean) or the last denoising forward")
-  stream.add_argument("--cache-frames", type=int, default=18, help="past latent frames attended to")
-  stream.add_argument("--sink-frames", type=int, default=0, help="of those, first frames never evicted")
+  stream = add_stream_options(parser.add_argument_group("streaming"))
   stream.add_argument("--seed", type=int, default=0, help="seed of the denoising noise")
   args = parser.parse_args(argv)
   if not args.context and not args.prompt and not is_synthetic(args.input):
@@ -364,8 +376,7 @@ def main(argv: list[str] | None = None) -> None:
   cli.refuse_existing(args.output, args.overwrite)
   dit_config, vae_config, _ = default_model.check_models(args.models, args.height, args.width)
   input_size = parse_size(args.input_size) if args.input_size else None
-  options = StreamConfig(cache_frames=args.cache_frames, sink_frames=args.sink_frames, refresh=args.refresh,
-                         mask_cache=MaskCacheConfig(prune_ratio=args.prune, cache_on=args.cache_on))
+  options = stream_options(args)
   height, width = args.height, args.width
   c, k = options.chunk_frames, vae_config.temporal_factor
   chunk_sizes = (1 + k * (c - 1), k * c)  # video frames of the first chunk and of each later one
