@@ -3,7 +3,7 @@
     python -m convert.umt5 --src Wan2.1-T2V-1.3B/models_t5_umt5-xxl-enc-bf16.pth --dst checkpoints/umt5-xxl
     python -m convert.umt5 --src Wan2.1-T2V-1.3B-Diffusers/text_encoder --dst checkpoints/umt5-xxl
 
-Layouts (../shared/reference/wan_selfforcing_spec.md §7.2):
+Layouts (key names as in Wan2.1's `wan/modules/t5.py` and transformers' `UMT5EncoderModel`):
   - "wan": Wan's `models_t5_umt5-xxl-enc-bf16.pth` (242 tensors; pass the file, as Wan's folder holds other
     weights too). It stores no config: `--preset` (default umt5-xxl) gives the sizes. The tokenizer defaults to
     `google/umt5-xxl/` beside the file.
@@ -111,6 +111,14 @@ def fingerprint(params: Any, files: Mapping[str, Path]) -> str:
   return f"sha256:{h.hexdigest()}"
 
 
+def save_text_encoder(dst: str | Path, config: UMT5Config, params: Any, files: Mapping[str, Path],
+                      overwrite: bool = False) -> Path:
+  """Writes a umT5 directory `load_text_encoder` reads: the config with the weights' and files' fingerprint (the
+  prompt cache's identity of the encoder), the weights, and `files` (the tokenizer's, by relative name)."""
+  fields = {**config.to_dict(), "fingerprint": fingerprint(params, files)}
+  return save_params(dst, KIND, fields, params, overwrite, files)
+
+
 def _tokenizer_dir(src: Path, layout: str, tokenizer: Path | None) -> Path:
   base = src if src.is_dir() else src.parent
   if tokenizer is not None:
@@ -144,8 +152,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "auto", t
   params = convert_refs(refs, config, layout, dtype, str(src))
   files = {f"{TOKENIZER_DIR}/{name}": tokenizer_dir / name for name in TOKENIZER_FILES
            if (tokenizer_dir / name).is_file()}
-  fields = {**config.to_dict(), "fingerprint": fingerprint(params, files)}
-  return save_params(dst, KIND, fields, params, overwrite, files)
+  return save_text_encoder(dst, config, params, files, overwrite)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,11 +21,10 @@ from pathlib import Path
 import jax
 import sentencepiece
 
-from convert.umt5 import fingerprint
-from liveedit_jax.param_io import save_params
+from convert.umt5 import save_text_encoder
 from liveedit_jax.synthetic import instructions
 from liveedit_jax.tokenizer import SPIECE_FILE
-from liveedit_jax.umt5 import KIND, TOKENIZER_DIR, UMT5Config, init_umt5_params
+from liveedit_jax.umt5 import TOKENIZER_DIR, UMT5Config, init_umt5_params
 
 
 def train_tokenizer(sentences: list[str], path: Path) -> int:
@@ -54,8 +53,7 @@ def build(out: str | Path, preset: str = "synth", seed: int = 0, overwrite: bool
                        f"{config.vocab_size} embeddings")
     params = jax.device_get(init_umt5_params(config, jax.random.key(seed)))
     files = {f"{TOKENIZER_DIR}/{SPIECE_FILE}": spiece}
-    fields = {**config.to_dict(), "fingerprint": fingerprint(params, files)}
-    return save_params(out, KIND, fields, params, overwrite, files)
+    return save_text_encoder(out, config, params, files, overwrite)
 
 
 def main(argv: list[str] | None = None) -> None:
