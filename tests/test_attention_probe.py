@@ -23,6 +23,7 @@ from liveedit_jax.kv_cache import KVCache
 from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.streaming import StreamConfig, advance, chunk_forward, init_stream, stream_forward, stream_probe
 from tests.numerics import FP32_RTOL, rel_err
+from tests.test_streaming import _context, _latents  # the same tiny config's prompt and latents
 
 CFG = DiTConfig.preset("tiny")
 H, W = 4, 6  # latent size: 2×3 patches, P = 6 tokens per frame
@@ -60,16 +61,6 @@ def params():
     return jnp.asarray(0.1 * noise)  # biases and modulation tables
 
   return jax.tree_util.tree_map_with_path(fill, jax.eval_shape(init_dit_params, CFG, jax.random.key(0)))
-
-
-def _context(rng, b=1):
-  ctx = np.zeros((b, CFG.text_len, CFG.text_dim), np.float32)
-  ctx[:, :5] = rng.standard_normal((b, 5, CFG.text_dim))
-  return jnp.asarray(ctx)
-
-
-def _latents(rng, *shape):
-  return jnp.asarray(rng.standard_normal(shape).astype(np.float32))
 
 
 def _dense_reference(token_mask, traced=None):
