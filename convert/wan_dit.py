@@ -3,7 +3,8 @@
     python -m convert.wan_dit --src Wan2.1-T2V-1.3B/ --dst checkpoints/liveedit-1.3b --in-channels 32
     python -m convert.wan_dit --src model.pt --key generator_ema --dst checkpoints/generator
 
-Layouts (../shared/reference/wan_selfforcing_spec.md §2):
+Layouts (key names as in Wan2.1's `wan/modules/model.py`, diffusers' `WanTransformer3DModel` and Self-Forcing's
+checkpoints):
   wan           `diffusion_pytorch_model.safetensors` (+ `config.json`) or a `.pth` with Wan's key names.
   diffusers     a `WanTransformer3DModel.save_pretrained` directory (`condition_embedder.*`, `attn1/attn2`, ...).
   self-forcing  a training file `{"generator" | "generator_ema" | "critic": {"model.<wan key>": ...}}`; `model.`,

@@ -3,7 +3,7 @@
     python -m convert.wan_vae --src Wan2.1-T2V-1.3B/Wan2.1_VAE.pth --dst checkpoints/wan2.1-vae
     python -m convert.wan_vae --src Wan2.1-T2V-1.3B-Diffusers/vae --dst checkpoints/wan2.1-vae
 
-Layouts (../shared/reference/wan_selfforcing_spec.md §6.7 and Appendix B; 194 tensors each):
+Layouts (key names as in Wan2.1's `wan/modules/vae.py` and diffusers' `AutoencoderKLWan`; 194 tensors each):
   - "wan": Wan's `Wan2.1_VAE.pth` (pass the file: Wan's folder holds other weights too). It stores no config:
     `--preset` (default wan2.1-vae) gives the sizes.
   - "diffusers": an `AutoencoderKLWan.save_pretrained` directory (safetensors + config.json, which gives the
