@@ -50,13 +50,16 @@ class AutoencoderConfig:
 
   vae: str = "synth"  # VAE preset (liveedit_jax.vae.VAE_PRESETS)
   compute_dtype: str = "bfloat16"
-  frames: int = 9  # per training clip: 1 + 4k, so that every temporal layer is trained
+  # per training clip, 1 + 4k. Longer than the DiT's clips: trained on 9-frame clips (3 latents), every causal
+  # window held the first frame's zero padding, and reconstruction broke after frame 9 (29 dB on frames 0–8, 10 to
+  # 15 dB after on 33-frame clips); a stream needs windows far from its start.
+  frames: int = 49
   height: int = 128
   width: int = 128
-  clips: int = 2048  # rendered training clips (each gives its source and its target)
+  clips: int = 1024  # rendered training clips (each gives its source and its target)
   crop: int = 64  # each step trains on crop × crop windows at random places (0: whole frames); tested whole
-  batch_size: int = 24
-  steps: int = 2500
+  batch_size: int = 6  # clips per step: 6 × 49 frames of crop² (1.4× the compute of 24 × 9)
+  steps: int = 3000
   lr: float = 1e-3
   warmup: int = 100
   weight_decay: float = 1e-4
