@@ -33,9 +33,10 @@ Editors:
            (`train/losses.py:drop_text`), not the encoded empty string.
 
 Per clip the JSON record holds split, index, seed, instruction, the edit (`synthetic.Edit` as a dict) and:
-  psnr, background_psnr, edit_psnr, ssim, background_ssim, edit_ssim (dB capped at metrics' cap; edit_* null for
-  an empty mask, i.e. a `none` edit), edit_accuracy (recolor edits only, else null), flicker,
-  chunk_background_psnr (per chunk of the stream's chunking, 9 then 12 frames: drift along the clip),
+  psnr, background_psnr, edit_psnr, chroma_psnr (the colour alone, `metrics.chroma_psnr`), ssim, background_ssim,
+  edit_ssim (dB capped at metrics' cap; edit_* null for an empty mask, i.e. a `none` edit), edit_accuracy
+  (recolor edits only, else null), flicker, chunk_background_psnr (per chunk of the stream's chunking, 9 then 12
+  frames: drift along the clip),
   mask_iou (stream with the mask cache only: IoU over chunks 1… of the token set the cache recomputed with the
   tokens the edit truly touches, `metrics.token_mask` at tokens of VAE factor × DiT patch pixels; chunk 0 runs
   every token by design and is left out) with chunk_mask_iou per chunk, time_s (the editing's wall time: frames
@@ -83,8 +84,8 @@ EDITORS = ("source", "target", "stream", "sampler")
 SUMMARY_KEYS = ("background_psnr", "edit_psnr", "edit_accuracy", "flicker", "mask_iou", "fps")
 # Clip sizes without the default DiT: the benchmark's clips (the default model's native size too).
 BENCHMARK_SIZE = {"frames": 33, "height": 128, "width": 128}
-SCALAR_KEYS = ("psnr", "background_psnr", "edit_psnr", "ssim", "background_ssim", "edit_ssim", "edit_accuracy",
-               "flicker", "mask_iou")
+SCALAR_KEYS = ("psnr", "background_psnr", "edit_psnr", "chroma_psnr", "ssim", "background_ssim", "edit_ssim",
+               "edit_accuracy", "flicker", "mask_iou")
 
 # Jitted once per process (configs are static and hashable), so the clips of a run, and runs in one process,
 # share compilations; the stream steps donate their state as the stream CLI's do.
@@ -258,6 +259,7 @@ def score_clip(example: synthetic.EditExample, edited: Edited, chunk_sizes: Sequ
   record["psnr"] = _finite(metrics.psnr(pred, target)[0])
   record["background_psnr"] = _finite(metrics.background_psnr(pred, target, mask)[0])
   record["edit_psnr"] = _finite(metrics.edit_psnr(pred, target, mask)[0])
+  record["chroma_psnr"] = _finite(metrics.chroma_psnr(pred, target)[0])
   record["ssim"] = _finite(metrics.ssim(pred, target)[0])
   record["background_ssim"] = _finite(metrics.background_ssim(pred, target, mask)[0])
   record["edit_ssim"] = _finite(metrics.edit_ssim(pred, target, mask)[0])
@@ -429,7 +431,8 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 def format_table(summary: dict[str, Any], args: argparse.Namespace) -> str:
   """The end-of-run table: one row per edit kind and one for all clips, then the speed."""
-  columns = (("background_psnr", "bg PSNR", 2), ("edit_psnr", "edit PSNR", 2), ("background_ssim", "bg SSIM", 4),
+  columns = (("background_psnr", "bg PSNR", 2), ("edit_psnr", "edit PSNR", 2), ("chroma_psnr", "colour PSNR", 2),
+             ("background_ssim", "bg SSIM", 4),
              ("edit_ssim", "edit SSIM", 4), ("edit_accuracy", "edit acc", 3), ("flicker", "flicker", 4),
              ("mask_iou", "mask IoU", 3))
   lines = [f"editor {args.editor} · split {args.split} · {summary['clips']} clips (indices {args.seed}–"

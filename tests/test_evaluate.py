@@ -80,7 +80,7 @@ def test_oracle_editors(tmp_path):
   for t, s in zip(target["records"], source["records"]):
     example = synthetic.make_example("test", t["index"], frames=9, height=32, width=32)
     assert t["instruction"] == example.instruction and t["edit"] == dataclasses.asdict(example.edit)
-    assert t["background_psnr"] == t["edit_psnr"] == s["background_psnr"] == cap
+    assert t["background_psnr"] == t["edit_psnr"] == t["chroma_psnr"] == s["background_psnr"] == cap
     assert t["flicker"] == 0 and t["chunk_background_psnr"] == [cap]
     assert s["edit_psnr"] == pytest.approx(hand_psnr(example.source, example.target, example.mask), rel=1e-9)
     if t["edit"]["kind"] == "recolor":

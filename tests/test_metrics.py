@@ -47,6 +47,22 @@ def test_masked_psnr_and_the_edit_background_partition(request):
   np.testing.assert_allclose(M.psnr(pred, target), -10 * np.log10(pooled), rtol=1e-12)
 
 
+def test_chroma_psnr_sees_colour_that_psnr_misses(request):
+  """A brightness error with the colour right: PSNR finite, chroma PSNR at the cap. Grey frames of the right
+  brightness: all their error is colour (chroma PSNR = PSNR), the slow per-pixel value."""
+  rng = _rng(request)
+  target = rng.uniform(0.35, 0.65, (2, 3, 4, 4, 3))
+  brighter = target + rng.uniform(-0.3, 0.3, target.shape[:-1] + (1,))
+  np.testing.assert_array_equal(M.chroma_psnr(brighter, target), [M.PSNR_CAP, M.PSNR_CAP])
+  assert (M.psnr(brighter, target) < 20).all()
+  grey = np.repeat(target.mean(-1, keepdims=True), 3, -1)
+  for b in range(2):
+    err = [(float(t) - float(t_c.mean())) ** 2 for t_c in target[b].reshape(-1, 3) for t in t_c]
+    assert M.chroma_psnr(grey, target)[b] == pytest.approx(-10 * math.log10(np.mean(err)), rel=1e-12)
+  mask = rng.random((2, 3, 4, 4)) < 0.5
+  np.testing.assert_allclose(M.chroma_psnr(grey, target, mask), M.psnr(grey, target, mask), rtol=1e-12)
+
+
 def test_empty_mask_gives_nan_for_the_edit_and_the_whole_clip_for_the_background(request):
   rng = _rng(request)
   target = rng.uniform(0.2, 0.7, (2, 3, 4, 4, 3))
