@@ -36,7 +36,8 @@ def test_every_phase_writes_its_output(run_dir):
                                  run_dir.height // vae_config.spatial_factor, run_dir.width // vae_config.spatial_factor,
                                  vae_config.z_dim)
   metrics = json.loads((out["autoencoder"] / "metrics.json").read_text())
-  assert np.isfinite(metrics["test_psnr"]) and metrics["steps"] == run_dir.autoencoder.steps
+  assert np.isfinite(metrics["test_psnr"]) and np.isfinite(metrics["test_chroma_psnr"])
+  assert metrics["steps"] == run_dir.autoencoder.steps
   # Stage 3 pruned differs from stage 3 only by the pruned-noise rollout.
   assert run_dir.stage("stage3_pruned") == run_dir.stage("stage3").replace(
       pruned_rollout=recipe.PRUNE_RATIO, workdir=str(out["stage3_pruned"].parent))
