@@ -1,0 +1,53 @@
+"""The shipped default model edits like a trained model: on a benchmark clip it never trained on, it keeps the
+background, removes the object it is told to, and does both better than the same network at random weights.
+
+Measured when the model was shipped (2026-12-03, `python -m liveedit_jax.evaluate --editor stream`, 33 frames):
+on test clips 5 and 6 (removals) the default scored background PSNR 25.1 / 28.5 dB, SSIM 0.77 / 0.86, and edit
+PSNR 19.3 / 21.8 dB against leaving the object in place (the source: 10.8 / 11.1 dB); the DiT at a random
+initialisation scored background PSNR 19.3 dB and SSIM 0.56 (mean of the two). The edit PSNR alone does not tell
+the two apart (a random DiT's blur also erases a small object: 20.8 dB), so the thresholds that random weights
+must fail are on the background. The default's output is grey (its autoencoder lost colour: docs/results.md), so
+the recolour accuracy cannot be asserted yet.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from liveedit_jax import default_model, evaluate
+from liveedit_jax.dit import init_dit_params, load_dit
+from liveedit_jax.param_io import save_params
+
+# Test split clip 6 ("delete the red ring"), unseen in training (the recipe trains on the train split), at the
+# default's native 128 × 128 and 21 frames (its two chunk shapes: 9 frames, then 12).
+CLIP = ["--split", "test", "--seed", "6", "--clips", "1", "--frames", "21"]
+BACKGROUND_PSNR = 23.0  # dB over the pixels the edit leaves alone
+BACKGROUND_SSIM = 0.7
+EDIT_GAIN = 5.0         # dB of edit PSNR above leaving the object in place
+
+
+def _record(tmp_path, editor, *models):
+  result = evaluate.main(["--editor", editor, *CLIP, *models, "--json", str(tmp_path / f"{editor}.json")])
+  return result["records"][0]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+  record = _record(tmp_path_factory.mktemp("source"), "source")
+  assert record["edit"]["kind"] == "remove"
+  return record
+
+
+def test_the_default_keeps_the_background_and_removes_the_object(tmp_path, source):
+  record = _record(tmp_path, "stream")
+  assert record["background_psnr"] > BACKGROUND_PSNR and record["background_ssim"] > BACKGROUND_SSIM, record
+  assert record["edit_psnr"] > source["edit_psnr"] + EDIT_GAIN, (record["edit_psnr"], source["edit_psnr"])
+
+
+def test_random_weights_fail_the_background_thresholds(tmp_path):
+  config, _ = load_dit(str(default_model.paths()["dit"]))
+  params = jax.device_get(init_dit_params(config, jax.random.key(np.random.SeedSequence().entropy % 2**31)))
+  random_dit = save_params(tmp_path / "random_dit", "dit", config.to_dict(), params)
+  record = _record(tmp_path, "stream", "--dit", str(random_dit))
+  assert record["background_psnr"] < BACKGROUND_PSNR, f"random weights: {record['background_psnr']:.2f} dB"
+  assert record["background_ssim"] < BACKGROUND_SSIM, f"random weights: SSIM {record['background_ssim']:.3f}"
