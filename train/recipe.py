@@ -80,7 +80,7 @@ class Recipe:
 
 RECIPES = {
     # 33-frame clips at 128×128 through the synth VAE (4× space and time): 9 latent frames of 32×32, 3 chunks.
-    # On one H200 (2026-12-03): text encoder + autoencoder + data + stage 1 in 9.7 min, stages 2, 3, 3-pruned in 5.5.
+    # On one H200 (2026-12-03): text encoder + autoencoder (49-frame clips) 10 min, data 2.5, stages 1 to 3-pruned 9.
     "synth": Recipe(name="synth", train="synth", text_encoder="synth",
                     autoencoder=autoencoder.AutoencoderConfig(workdir="runs/synth/vae"), clips=6144, frames=33,
                     height=128, width=128, workdir="runs/synth"),
