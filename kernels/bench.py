@@ -118,8 +118,8 @@ def cases(small: bool) -> list[Case]:
 
 
 def _tokamax_attention(case: Case, kv_length):
-  """tokamax's Mosaic GPU kernel; chunk-causal through its private per-row k_end mask
-  (../shared/reference/jax_anchors.md §2.4)."""
+  """tokamax's Mosaic GPU kernel; chunk-causal through its per-row k_end mask (a private field of tokamax's
+  attention, not its public API)."""
   import tokamax
   from absl import flags
   if not flags.FLAGS.is_parsed():  # tokamax reads absl flags, which would otherwise parse (and reject) our argv

@@ -6,14 +6,14 @@ Masks (`AttentionMask`, static) describe the visibility pattern instead of mater
   - `full`: every query sees every key.
   - `chunk_causal`: tokens are grouped in chunks of `chunk_tokens`; a query sees its own chunk and earlier ones.
   - `teacher_forcing`: the sequence is [clean ‖ noisy], each half `T/2` tokens. The clean half is chunk-causal;
-    noisy chunk c sees clean chunks < c and itself (../shared/reference/wan_selfforcing_spec.md §3.1(b)).
+    noisy chunk c sees clean chunks < c and itself (Self-Forcing's teacher-forcing mask).
 A dynamic `kv_length` ([B] int32) marks keys [0, kv_length) valid (fixed-size caches).
 
 Implementations (`impl`):
   - "xla": einsum + float32 softmax with an explicit boolean mask. The reference; runs anywhere.
   - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`. Chunk masks become a static loop of
     unmasked calls, each query chunk against its key prefix (never a dense mask: a dense cuDNN mask is folded
-    into a materialised bias and measured 3.6× slower than this loop, ../shared/reference/jax_anchors.md §2.7).
+    into a materialised bias and measured 3.6× slower than this loop on one H100, November 2026).
     `kv_length` maps to cuDNN's padding mask, which skips the invalid tiles.
   - further implementations (the fused kernels of `kernels/`) register with `register_attention_impl`.
 """

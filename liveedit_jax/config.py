@@ -3,7 +3,7 @@
     cfg = DiTConfig.preset("liveedit-1.3b")                  # the editing model
     cfg = DiTConfig.preset("tiny", compute_dtype="bfloat16")  # overrides by keyword
 
-Presets follow Wan2.1's `config.json` files (../shared/reference/wan_selfforcing_spec.md §1.1). The class defaults
+Presets follow Wan2.1's `config.json` files (Wan-AI/Wan2.1-T2V-1.3B and -14B). The class defaults
 are the 1.3B values, not Wan's class defaults (which are neither checkpoint).
 """
 

@@ -8,7 +8,7 @@ Parameters are a dict (names follow Wan's original checkpoint):
   patch_embedding {kernel [1, 2, 2, C_in, D], bias}, text_embedding {fc1, fc2}, time_embedding {fc1, fc2,
   projection}, blocks {...}, each leaf with a leading [L] axis, and head {modulation [2, D], proj}.
 
-Precision follows Wan (../shared/reference/wan_selfforcing_spec.md §1.4): the sinusoid, time MLP, modulation,
+Precision follows Wan2.1's `wan/modules/model.py`: the sinusoid, time MLP, modulation,
 norms, residual stream and head run in float32; other matmuls run in `config.compute_dtype` with float32
 accumulation.
 """

@@ -4,7 +4,7 @@ For head dim E there are E/2 complex pairs (x[2p], x[2p+1]). Pairs [0, P_f) rota
 [P_f, P_f + P_h) with the patch row and the rest with the patch column, where P_h = P_w = ⌊E/2 / 3⌋ and
 P_f = E/2 − 2·P_h (22/21/21 at E = 128). Axis `a` of width n = 2·P_a has frequencies
 ω_j = θ^(−2j/n). As in Wan, tables cover positions [0, max_positions) per axis, built in float64
-(../shared/reference/wan_selfforcing_spec.md §1.3).
+(Wan2.1's `rope_params`).
 """
 
 from __future__ import annotations

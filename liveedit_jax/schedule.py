@@ -1,4 +1,4 @@
-"""Flow-matching schedule (../shared/reference/wan_selfforcing_spec.md §5.1, Appendix A).
+"""Flow-matching schedule (Wan2.1's shifted σ and Self-Forcing's warped denoising steps).
 
 σ ∈ [0, 1] is the noise level and t = 1000·σ the timestep the DiT is told.
   shift:       σ' = s·σ / (1 + (s − 1)·σ)

@@ -3,7 +3,7 @@
     encoder = load_text_encoder("checkpoints/umt5-xxl")          # converted by `python -m convert.umt5`
     context = encode_prompts(encoder, ["a red fox in the snow"])  # [B, 512, 4096] float32, zeros past each prompt
 
-Facts: ../shared/reference/wan_selfforcing_spec.md §7 (W:wan/modules/t5.py; transformers' `UMT5EncoderModel` is
+Facts: Wan2.1's `wan/modules/t5.py` (transformers' `UMT5EncoderModel` is
 the same network). Axis letters as in dit.py: B batch · T query tokens · S key tokens · N heads · E head dim ·
 D width · L layers.
 

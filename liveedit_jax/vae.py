@@ -1,6 +1,6 @@
 """The Wan2.1 VAE as Linen modules and pure functions over a plain parameter pytree, channels last.
 
-Facts follow ../shared/reference/wan_selfforcing_spec.md §6: causal 3-D convolutions, 8× spatial and 4× temporal
+Facts follow Wan2.1's `wan/modules/vae.py`: causal 3-D convolutions, 8× spatial and 4× temporal
 compression with the first frame encoded alone (T = 1 + 4k frames ↔ 1 + k latents), z = 16, latents normalised
 per channel with Wan's mean/std.
 

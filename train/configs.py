@@ -6,7 +6,7 @@ Every preset's comment gives its command and its expected cost. GPU costs are es
 count (`train/flops.py`) at an assumed 40 % MFU on H100s, not measurements; `python -m liveedit_jax.bench train`
 measures a step.
 
-Hyper-parameters follow ../shared/reference/wan_selfforcing_spec.md §5 where LiveEdit does not say otherwise: the
+Hyper-parameters follow Self-Forcing's `configs/self_forcing_dmd.yaml` where LiveEdit does not say otherwise: the
 flow-matching shift 5, timesteps of the DMD and critic losses in [20, 980], the 4-step generator at the warped
 timesteps, real-score guidance 3 (x0_c + g·(x0_c − x0_u)), 1 generator update per 5 critic updates, AdamW with
 betas (0, 0.999) for both DMD nets, global-norm clipping 10, EMA 0.99 from step 200. LiveEdit's learning rate is

@@ -8,9 +8,9 @@ A batch is a dict of global arrays:
 The null prompt of classifier-free guidance is the all-zero context: text dropout trains it in stages 1–2 and the
 real score's unconditional branch uses it in stage 3.
 
-Flow matching (../shared/reference/wan_selfforcing_spec.md §5.1): x_t = (1 − σ)·x0 + σ·ε with σ = t/1000 and the
-DiT predicts v = ε − x0. DMD (§5.3–5.4) compares a frozen real score and a trained fake score, both bidirectional
-models of the same DiT, on re-noised generator samples.
+Flow matching (as in Wan2.1 and Self-Forcing): x_t = (1 − σ)·x0 + σ·ε with σ = t/1000 and the DiT predicts
+v = ε − x0. DMD (Self-Forcing's `model/dmd.py`) compares a frozen real score and a trained fake score, both
+bidirectional models of the same DiT, on re-noised generator samples.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The self-forcing rollout of the chunk-causal generator (../shared/reference/wan_selfforcing_spec.md §5.5).
+"""The self-forcing rollout of the chunk-causal generator (Self-Forcing's `inference_with_trajectory`).
 
 Each chunk of `chunk_frames` latent frames starts from noise and runs the generator's denoising steps against the
 KV cache of the chunks before it, re-noising with fresh ε between steps. The rollout stops at an exit step k*,
