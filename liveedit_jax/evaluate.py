@@ -84,6 +84,10 @@ EDITORS = ("source", "target", "stream", "sampler")
 SUMMARY_KEYS = ("background_psnr", "edit_psnr", "edit_accuracy", "flicker", "mask_iou", "fps")
 # Clip sizes without the default DiT: the benchmark's clips (the default model's native size too).
 BENCHMARK_SIZE = {"frames": 33, "height": 128, "width": 128}
+# The end-of-run table's columns: (summary key, title, digits).
+TABLE_COLUMNS = (("background_psnr", "bg PSNR", 2), ("edit_psnr", "edit PSNR", 2), ("chroma_psnr", "colour PSNR", 2),
+                 ("background_ssim", "bg SSIM", 4), ("edit_ssim", "edit SSIM", 4), ("edit_accuracy", "edit acc", 3),
+                 ("flicker", "flicker", 4), ("mask_iou", "mask IoU", 3))
 SCALAR_KEYS = ("psnr", "background_psnr", "edit_psnr", "chroma_psnr", "ssim", "background_ssim", "edit_ssim",
                "edit_accuracy", "flicker", "mask_iou")
 
@@ -431,17 +435,13 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 def format_table(summary: dict[str, Any], args: argparse.Namespace) -> str:
   """The end-of-run table: one row per edit kind and one for all clips, then the speed."""
-  columns = (("background_psnr", "bg PSNR", 2), ("edit_psnr", "edit PSNR", 2), ("chroma_psnr", "colour PSNR", 2),
-             ("background_ssim", "bg SSIM", 4),
-             ("edit_ssim", "edit SSIM", 4), ("edit_accuracy", "edit acc", 3), ("flicker", "flicker", 4),
-             ("mask_iou", "mask IoU", 3))
   lines = [f"editor {args.editor} · split {args.split} · {summary['clips']} clips (indices {args.seed}–"
            f"{args.seed + summary['clips'] - 1}) of {args.frames}×{args.height}×{args.width}",
-           f"{'kind':<11}{'clips':>6}" + "".join(f"{title:>11}" for _, title, _ in columns)]
+           f"{'kind':<11}{'clips':>6}" + "".join(f"{title:>12}" for _, title, _ in TABLE_COLUMNS)]
   rows = [(kind, group) for kind, group in summary["by_kind"].items()] + [("all", summary)]
   for kind, group in rows:
     clips = group["clips"]
-    lines.append(f"{kind:<11}{clips:>6}" + "".join(f"{_fmt(group.get(key), d):>11}" for key, _, d in columns))
+    lines.append(f"{kind:<11}{clips:>6}" + "".join(f"{_fmt(group.get(key), d):>12}" for key, _, d in TABLE_COLUMNS))
   if summary["fps"] is not None:
     latency = "" if summary["latency_s"] is None else f", {summary['latency_s']:.2f} s on later clips"
     over = "after the first clip" if summary["clips"] > 1 else "first clip, compiles included"
