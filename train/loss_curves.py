@@ -3,10 +3,10 @@
     python -m train.loss_curves runs/synth/tb --out docs/loss_curves.png
 
 Each sub-directory of the logs (stage1, stage2, stage3, stage3_pruned, vae: one per run) becomes one panel of
-its loss-like scalars: the tags ending in loss, mse, dmd or psnr. The event files are read directly: a TFRecord stream (8-byte length,
-its 4-byte CRC, the payload, its 4-byte CRC) of `Event` protos, parsed with tensorboardX's own proto classes
-(a dependency already), rather than through the `tensorboard` package, whose event reader would add it and its
-server only for this.
+its loss-like scalars: the tags ending in loss, mse, dmd or psnr. The event files are read directly: a TFRecord
+stream (8-byte length, its 4-byte CRC, the payload, its 4-byte CRC) of `Event` protos, parsed with tensorboardX's
+own proto classes (a dependency already), rather than through the `tensorboard` package, whose event reader would
+add it and its server only for this.
 """
 
 from __future__ import annotations
@@ -57,11 +57,10 @@ def plot(runs: dict[str, Scalars], out: str | Path) -> Path:
     tags = [tag for tag in scalars if tag.rsplit("/", 1)[-1].endswith(CURVES)]
     losses = [tag for tag in tags if not tag.endswith("psnr")]
     psnrs = [tag for tag in tags if tag.endswith("psnr")]
-    for axis, group in ((ax, losses), (ax.twinx() if losses and psnrs else ax, psnrs)):
+    for axis, group, color in ((ax, losses, None), (ax.twinx() if losses and psnrs else ax, psnrs, "black")):
       for tag in group:
         steps, values = zip(*scalars[tag])
-        axis.plot(steps, values, label=tag.rsplit("/", 1)[-1], linewidth=1,
-                  color="black" if tag.endswith("psnr") else None)
+        axis.plot(steps, values, label=tag.rsplit("/", 1)[-1], linewidth=1, color=color)
       if group:
         axis.legend(fontsize=7, loc="upper right" if axis is ax else "lower right")
     if losses:
