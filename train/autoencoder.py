@@ -6,9 +6,10 @@ The clips are rendered once by `liveedit_jax.synthetic` (train split, sources an
 processes and held in memory; each step draws a batch of them, cut to random `crop` × `crop` windows (the
 network is convolutional apart from its per-frame middle attention, and a quarter of the pixels per clip buys
 four times the clips per step); the test PSNR is measured on whole frames. The loss is the decoded clip's mean squared error
-plus 0.1 × its mean absolute error (PSNR is what the benchmark asks of it), `chroma_weight` × the squared error of
-its colour alone (x − its mean over R, G, B: half the benchmark's edits are colour edits, and an autoencoder trained
-on MSE alone settled on a grey reconstruction), and a small L2 on the latents, which the Wan VAE's KL term bounded
+plus 0.1 × its mean absolute error (PSNR is what the benchmark asks of it), optionally `chroma_weight` × the squared
+error of its colour alone (x − its mean over R, G, B; 0 in the shipped model's recipe: at 1.0, with 12 × 48² crops a
+step and lr 5e-4, the 49-frame run still settled on a grey reconstruction, docs/benchmarks.md), and a small L2 on
+the latents, which the Wan VAE's KL term bounded
 in its training. Before decoding, the latents get Gaussian noise of `latent_noise`
 times their RMS, so the decoder also reconstructs from latents a little off the encoder's: the DiT's edits are.
 
@@ -68,7 +69,7 @@ class AutoencoderConfig:
   weight_decay: float = 1e-4
   clip_norm: float = 1.0
   latent_l2: float = 1e-4
-  chroma_weight: float = 1.0
+  chroma_weight: float = 0.0
   latent_noise: float = 0.05
   seed: int = 0
   workdir: str = "runs/synth/vae"
