@@ -9,9 +9,9 @@ four times the clips per step); the test PSNR is measured on whole frames. The l
 plus 0.1 × its mean absolute error (PSNR is what the benchmark asks of it), optionally `chroma_weight` × the squared
 error of its colour alone (x − its mean over R, G, B; 0 in the shipped model's recipe: at 1.0, with 12 × 48² crops a
 step and lr 5e-4, the 49-frame run still settled on a grey reconstruction, docs/benchmarks.md), and a small L2 on
-the latents, which the Wan VAE's KL term bounded
-in its training. Before decoding, the latents get Gaussian noise of `latent_noise`
-times their RMS, so the decoder also reconstructs from latents a little off the encoder's: the DiT's edits are.
+the latents, which the Wan VAE's KL term bounded in its training. Before decoding, the latents get Gaussian noise
+of `latent_noise` times their RMS, so the decoder also reconstructs from latents a little off the encoder's: the
+DiT's edits are.
 
 The run checkpoints with Orbax every `checkpoint_every` steps and resumes from the latest checkpoint, so it can
 be spread over several short commands. At the end it measures the per-channel mean and standard deviation of the
@@ -104,10 +104,14 @@ def to_video(clips: np.ndarray) -> np.ndarray:
   return clips.astype(np.float32) / 127.5 - 1.0
 
 
+def _psnr_of_mse(mse: jax.Array) -> jax.Array:
+  """dB of a mean squared error on [−1, 1] (peak-to-peak 2)."""
+  return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-12))
+
+
 def psnr(reconstruction: jax.Array, video: jax.Array) -> jax.Array:
   """PSNR in dB of clips in [−1, 1], per clip [B] (peak-to-peak 2)."""
-  mse = jnp.mean(jnp.square(reconstruction - video), axis=tuple(range(1, video.ndim)))
-  return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-12))
+  return _psnr_of_mse(jnp.mean(jnp.square(reconstruction - video), axis=tuple(range(1, video.ndim))))
 
 
 def reconstruction_errors(reconstruction: jax.Array, video: jax.Array) -> dict[str, jax.Array]:
@@ -129,10 +133,8 @@ def loss_fn(config: AutoencoderConfig, vae: VAEConfig, params: Any, video: jax.A
   latent = jnp.mean(jnp.square(mu))
   loss = (errors["mse"] + 0.1 * errors["l1"] + config.chroma_weight * errors["chroma_mse"]
           + config.latent_l2 * latent)
-  # Peak-to-peak 2 on [−1, 1], as `psnr`.
-  chroma_psnr = 10.0 * jnp.log10(4.0 / jnp.maximum(errors["chroma_mse"], 1e-12))
   return loss, {"loss": loss, "mse": errors["mse"], "psnr": jnp.mean(psnr(reconstruction, video)),
-                "chroma_psnr": chroma_psnr, "latent_rms": rms}
+                "chroma_psnr": _psnr_of_mse(errors["chroma_mse"]), "latent_rms": rms}
 
 
 def make_optimizer(config: AutoencoderConfig) -> optax.GradientTransformation:
