@@ -9,6 +9,11 @@
 #   scripts/gpu_check.sh cycles            SM cycles of the Mosaic GPU kernels under Nsight Compute (clock-independent,
 #                                          for comparing kernel versions on a power-capped GPU)
 #   scripts/gpu_check.sh triton            the jax-triton kernels (adaLN, q/k RMSNorm + RoPE): GPU tests and bench
+#   RECIPE_ARGS="--until data --max-seconds 400" scripts/gpu_check.sh recipe
+#                                          the default model's recipe (train.recipe synth) in /tmp/synth, resumable
+#                                          by the next call on the same machine; the autoencoder's metrics to $OUT
+#   AE_SWEEP='{"a": {"steps": 400}, "b": {"steps": 600, "short_steps": 400}}' scripts/gpu_check.sh ae_sweep
+#                                          short autoencoder variants (scripts/autoencoder_sweep.py)
 #
 # Runs from the repository root with the device's own JAX (no install); optional wheels in .whl/ (jax-triton;
 # tokamax with the dependencies the image lacks, docs/benchmarks.md, fifth session) are installed into /tmp/site
@@ -57,6 +62,10 @@ for section in "${sections[@]}"; do
     kernels) run bench_kernels 330 python3 -m kernels.bench --write-table "$OUT/measured_kernels.json" ;;
     train) run bench_train 540 python3 -m liveedit_jax.bench train --stage 3 --config liveedit-1.3b ;;
     e2e) run bench_e2e 420 python3 -m liveedit_jax.bench e2e ;;
+    recipe) run recipe 590 python3 -m train.recipe synth --workdir "${RECIPE_WORKDIR:-/tmp/synth}" ${RECIPE_ARGS:-}
+            cp "${RECIPE_WORKDIR:-/tmp/synth}/vae/export/metrics.json" "$OUT/autoencoder_metrics.json" 2>/dev/null ;;
+    ae_sweep) run ae_sweep 590 python3 scripts/autoencoder_sweep.py --root /tmp/ae_sweep --out "$OUT/ae_sweep.json" \
+                "${AE_SWEEP:?set AE_SWEEP to the variants}" ;;
     *) echo "unknown section $section" ;;
   esac
 done

@@ -1,10 +1,13 @@
-"""The autoencoder's reconstruction errors against NumPy, and the colour term's meaning."""
+"""The autoencoder's reconstruction errors and scores against NumPy, the colour term's meaning, and its curriculum's
+batches."""
 
 import jax
 import numpy as np
 
 from liveedit_jax import metrics
-from train.autoencoder import reconstruction_errors
+from liveedit_jax.vae import VAEConfig, init_vae_params
+from train.autoencoder import (AutoencoderConfig, _reconstruct, evaluate_reconstruction, reconstruction_errors,
+                               to_video, training_batch)
 
 
 def _clips(seed):
@@ -32,3 +35,30 @@ def test_colour_term_ignores_brightness_and_scores_grey_as_the_colour_lost():
   expected = metrics.chroma_psnr((grey + 1) / 2, (video + 1) / 2)
   mses = [float(reconstruction_errors(grey[i:i + 1], video[i:i + 1])["chroma_mse"]) for i in range(len(video))]
   np.testing.assert_allclose(10 * np.log10(4 / np.array(mses)), expected, rtol=1e-5)
+
+
+def test_training_batch_starts_on_short_clips():
+  config = AutoencoderConfig(frames=9, short_steps=3, short_frames=5, short_batch=4, batch_size=2, crop=8)
+  clips = np.random.default_rng(4).integers(0, 256, (6, 9, 16, 16, 3), dtype=np.uint8)
+  rng = np.random.default_rng(5)
+  for step in (1, 3):
+    batch = training_batch(config, rng, clips, step)
+    assert batch.shape == (4, 5, 8, 8, 3)
+    # Each is a crop of some clip's first 5 frames.
+    for crop in batch:
+      assert any((clip[:5, y:y + 8, x:x + 8] == crop).all() for clip in clips for y in range(9) for x in range(9))
+  assert training_batch(config, rng, clips, 4).shape == (2, 9, 8, 8, 3)
+  assert training_batch(AutoencoderConfig(frames=9, batch_size=2, crop=8), rng, clips, 1).shape == (2, 9, 8, 8, 3)
+
+
+def test_reconstruction_scores_per_clip_and_per_frame():
+  vae = VAEConfig.preset("tiny", compute_dtype="float32")
+  params = init_vae_params(vae, jax.random.key(6))
+  clips = np.random.default_rng(7).integers(0, 256, (3, 5, 16, 16, 3), dtype=np.uint8)
+  value, chroma, per_frame = evaluate_reconstruction(vae, params, clips, batch=2)
+  reconstruction = np.clip((np.asarray(_reconstruct(vae, params, to_video(clips))) + 1) / 2, 0, 1)
+  target = clips / 255.0
+  np.testing.assert_allclose(value, np.mean(metrics.psnr(reconstruction, clips)), rtol=1e-5)
+  np.testing.assert_allclose(chroma, np.mean(metrics.chroma_psnr(reconstruction, clips)), rtol=1e-5)
+  frame_mse = np.mean((reconstruction.astype(np.float64) - target) ** 2, axis=(0, 2, 3, 4))
+  np.testing.assert_allclose(per_frame, 10 * np.log10(1 / frame_mse), rtol=1e-5)

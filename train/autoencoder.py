@@ -58,6 +58,16 @@ class AutoencoderConfig:
   # window held the first frame's zero padding, and reconstruction broke after frame 9 (29 dB on frames 0–8, 10 to
   # 15 dB after on 33-frame clips); a stream needs windows far from its start.
   frames: int = 49
+  # A curriculum: the first `short_steps` steps train on `short_batch` clips cut to their first `short_frames`
+  # frames. 0 in the shipped recipe. Runs on 49-frame clips alone keep the luma and drop the colour (chroma PSNR at
+  # a grey clip's ≈ 25 dB, whatever the clips per step, latent noise, width or precision), where 24 clips of 9
+  # frames a step kept it (docs/benchmarks.md, 2026-12-04): this starts the long clips from a coloured model.
+  short_steps: int = 0
+  short_frames: int = 9
+  short_batch: int = 24
+  # "default": Wan's (torch's) random init; "per_frame": `per_frame_init`, the network starting as a per-frame
+  # image autoencoder (so later frames start on the first frame's path, not behind four random temporal convs).
+  temporal_init: str = "default"
   height: int = 128
   width: int = 128
   clips: int = 1024  # rendered training clips (each gives its source and its target)
@@ -97,6 +107,38 @@ def random_crops(rng: np.random.Generator, clips: np.ndarray, count: int, crop: 
   ys = rng.integers(0, clips.shape[2] - crop + 1, count)
   xs = rng.integers(0, clips.shape[3] - crop + 1, count)
   return np.stack([clip[:, y:y + crop, x:x + crop] for clip, y, x in zip(picked, ys, xs)])
+
+
+def per_frame_init(params: Any) -> Any:
+  """VAE params (`init_vae_params`) changed so that, at init, every frame takes the first frame's path.
+
+  Wan's first frame skips the resamplers' temporal convs, while later frames go through them: at a random init two
+  plain (non-residual) random channel mixings in the encoder and two in the decoder that the first frame never
+  meets. Here the temporal convs start as the identity on their last tap (the encoder's keeps each pair's later
+  frame, the decoder's copies a frame to both of its outputs), and each causal 3-D conv keeps only its last
+  (current-frame) tap, scaled by √kt so its output keeps the default init's scale. The network then starts as a
+  per-frame autoencoder of every 4th frame (the open-sora-plan causal VAE's "tail init" idea); training learns the
+  temporal taps from there.
+  """
+  def visit(path, kernel):
+    names = [getattr(key, "key", None) for key in path]
+    if names[-1] != "kernel" or kernel.ndim != 5:
+      return kernel
+    if "time_conv" in names:
+      c_in, c_out = kernel.shape[-2:]
+      identity = jnp.tile(jnp.eye(c_in, dtype=kernel.dtype), (1, c_out // c_in))  # [I] or [I | I]
+      return jnp.zeros_like(kernel).at[-1, 0, 0].set(identity)
+    return jnp.zeros_like(kernel).at[-1].set(kernel[-1] * kernel.shape[0] ** 0.5)
+
+  return jax.tree_util.tree_map_with_path(visit, params)
+
+
+def training_batch(config: AutoencoderConfig, rng: np.random.Generator, clips: np.ndarray, step: int) -> np.ndarray:
+  """Step `step`'s (from 1) batch of uint8 clips [N, T, H, W, 3]: `short_batch` crops of their first `short_frames`
+  frames during the first `short_steps` steps, else `batch_size` crops of whole clips."""
+  if step <= config.short_steps:
+    return random_crops(rng, clips[:, :config.short_frames], config.short_batch, config.crop)
+  return random_crops(rng, clips, config.batch_size, config.crop)
 
 
 def to_video(clips: np.ndarray) -> np.ndarray:
@@ -179,20 +221,24 @@ def latent_statistics(vae: VAEConfig, params: Any, clips: np.ndarray, batch: int
   return mean, np.sqrt(np.maximum(squares / count - mean ** 2, 1e-12))
 
 
-def evaluate_reconstruction(vae: VAEConfig, params: Any, clips: np.ndarray, batch: int) -> tuple[float, float]:
-  """(PSNR, chroma PSNR): means over uint8 clips [N, T, H, W, 3] of their reconstructions' `metrics.psnr` and
-  `metrics.chroma_psnr` (dB; peak 255 on uint8 is peak 2 on [−1, 1]). The chroma PSNR catches an autoencoder that
-  drops colour, which PSNR alone hides on the benchmark's pastel scenes."""
-  values, chroma = [], []
+def evaluate_reconstruction(vae: VAEConfig, params: Any, clips: np.ndarray,
+                            batch: int) -> tuple[float, float, list[float]]:
+  """(PSNR, chroma PSNR, PSNR per frame [T]) of the reconstructions of uint8 clips [N, T, H, W, 3]: the first two
+  means over clips of `metrics.psnr` and `metrics.chroma_psnr`, the last of each frame's squared error over the
+  clips (dB; peak 255 on uint8 is peak 2 on [−1, 1]). The chroma PSNR catches an autoencoder that drops colour,
+  which PSNR alone hides on the benchmark's pastel scenes; the per-frame PSNR one that breaks far from the start."""
+  values, chroma, frame_errors = [], [], []
   for i in range(0, len(clips), batch):
     reconstruction = (np.asarray(_reconstruct(vae, params, jnp.asarray(to_video(clips[i:i + batch])))) + 1) / 2
     reconstruction = np.clip(reconstruction, 0.0, 1.0)
     values.append(video_metrics.psnr(reconstruction, clips[i:i + batch]))
     chroma.append(video_metrics.chroma_psnr(reconstruction, clips[i:i + batch]))
-  return float(np.mean(np.concatenate(values))), float(np.mean(np.concatenate(chroma)))
+    frame_errors.append(np.square(reconstruction - clips[i:i + batch] / 255.0).mean(axis=(2, 3, 4)))
+  per_frame = 10.0 * np.log10(1.0 / np.maximum(np.concatenate(frame_errors).mean(axis=0), 1e-12))
+  return float(np.mean(np.concatenate(values))), float(np.mean(np.concatenate(chroma))), per_frame.tolist()
 
 
-def train(config: AutoencoderConfig, deadline: float | None = None) -> dict[str, float] | None:
+def train(config: AutoencoderConfig, deadline: float | None = None) -> dict[str, Any] | None:
   """Runs (or resumes) the run to `config.steps` and exports it; returns the final metrics.
 
   deadline: a `time.time()` after which the run checkpoints and returns None, to be resumed by a later call.
@@ -201,15 +247,24 @@ def train(config: AutoencoderConfig, deadline: float | None = None) -> dict[str,
   vae = config.model()
   mesh = sharding.make_mesh(-1, 1)
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  if config.batch_size % mesh.size:
-    raise ValueError(f"batch_size {config.batch_size} must divide over {mesh.size} devices")
+  for name in ("batch_size", "short_batch"):
+    if getattr(config, name) % mesh.size:
+      raise ValueError(f"{name} {getattr(config, name)} must divide over {mesh.size} devices")
+  if config.short_steps and (config.short_frames % vae.temporal_factor != 1 or config.short_frames > config.frames):
+    raise ValueError(f"short_frames {config.short_frames} must be 1 + {vae.temporal_factor}·k frames and at most "
+                     f"frames ({config.frames})")
   if config.crop and (config.crop % vae.spatial_factor or config.crop > min(config.height, config.width)):
     raise ValueError(f"crop {config.crop} must be a multiple of the VAE's {vae.spatial_factor}× downsampling and "
                      f"fit the {config.height}×{config.width} clips")
   optimizer = make_optimizer(config)
 
+  if config.temporal_init not in ("default", "per_frame"):
+    raise ValueError(f"temporal_init must be 'default' or 'per_frame', got {config.temporal_init!r}")
+
   def init(key):
     params = init_vae_params(vae, key)
+    if config.temporal_init == "per_frame":
+      params = per_frame_init(params)
     return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
 
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
@@ -235,7 +290,7 @@ def train(config: AutoencoderConfig, deadline: float | None = None) -> dict[str,
   metrics: dict[str, float] = {}
   with tqdm(total=config.steps, initial=first, desc="autoencoder") as bar:
     for step in range(first + 1, config.steps + 1):
-      batch = jnp.asarray(to_video(random_crops(rng, clips, config.batch_size, config.crop)))
+      batch = jnp.asarray(to_video(training_batch(config, rng, clips, step)))
       state, device_metrics = step_fn(state, jax.device_put(batch, batch_sharding))
       bar.update(1)
       if step % config.log_every == 0 or step == config.steps:
@@ -256,19 +311,20 @@ def train(config: AutoencoderConfig, deadline: float | None = None) -> dict[str,
   return export(config, vae, state["params"], clips)
 
 
-def export(config: AutoencoderConfig, vae: VAEConfig, params: Any, clips: np.ndarray) -> dict[str, float]:
-  """Measures the latent statistics and the test PSNR; writes `<workdir>/export` and its metrics.json."""
+def export(config: AutoencoderConfig, vae: VAEConfig, params: Any, clips: np.ndarray) -> dict[str, Any]:
+  """Measures the latent statistics and the test PSNR (whole clips, and per frame); writes `<workdir>/export` and
+  its metrics.json."""
   workdir = Path(config.workdir).absolute()
   stat_batch = max(1, min(config.batch_size, 16))
   mean, std = latent_statistics(vae, params, clips[:config.stat_clips], stat_batch)
   trained = vae.replace(latents_mean=tuple(float(v) for v in mean), latents_std=tuple(float(v) for v in std),
                         compute_dtype="float32")
   test = render_clips("test", config.val_clips, config.frames, config.height, config.width, config.workers)
-  (test_psnr, test_chroma), (train_psnr, train_chroma) = (
-      evaluate_reconstruction(trained, params, test, stat_batch),
-      evaluate_reconstruction(trained, params, clips[:config.val_clips], stat_batch))
+  test_psnr, test_chroma, test_frames = evaluate_reconstruction(trained, params, test, stat_batch)
+  train_psnr, train_chroma, _ = evaluate_reconstruction(trained, params, clips[:config.val_clips], stat_batch)
   scores = {"test_psnr": test_psnr, "test_chroma_psnr": test_chroma, "train_psnr": train_psnr,
-            "train_chroma_psnr": train_chroma, "steps": config.steps}
+            "train_chroma_psnr": train_chroma, "steps": config.steps,
+            "test_frame_psnr": [round(v, 2) for v in test_frames]}
   host = jax.device_get(params)
   param_io.save_params(workdir / "export", "vae", trained.to_dict(), host, overwrite=True)
   (workdir / "export" / "metrics.json").write_text(json.dumps(scores, indent=2))
