@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from liveedit_jax import cli
+
 Transform = Callable[[np.ndarray], np.ndarray]
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -92,6 +94,20 @@ def _read_pickle(path: Path) -> dict[str, Any]:
     raise CheckpointError(f"{path}: unreadable torch checkpoint (truncated or corrupt?): {err}") from err
 
 
+def error_line(err: BaseException) -> str:
+  """The one stderr line a converter's `main` ends with on `err` ("error: ...", as `cli.run` prints one).
+
+  A CheckpointError lists its problems one per line, and torch's refusal of a pickle spans several: on the command
+  line they are joined by "; ", so the report stays one line that a log or a `2>&1 | tail -1` keeps whole. Under
+  --debug (in sys.argv, as `python -m` passes it) or LIVEEDIT_DEBUG=1 it re-raises `err`, so that `cli.run` prints
+  the traceback.
+  """
+  if cli.debug_requested():
+    raise err
+  lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+  return "error: " + "; ".join(lines).replace(":; ", ": ")
+
+
 def _flatten_tensors(tree: Any, prefix: str = "") -> dict[str, Any]:
   import torch  # noqa: PLC0415
 
@@ -140,6 +156,8 @@ def read_checkpoint(path: str | os.PathLike, top_key: str | None = None) -> dict
 def top_level_keys(path: str | os.PathLike) -> set[str]:
   """Top-level entry names of a pickle checkpoint whose root is a dict (empty for other files)."""
   path = Path(path)
+  if not path.exists():  # as read_checkpoint says; the pickle reader would call it "not a torch zip checkpoint"
+    raise CheckpointError(f"{path}: no such file or directory")
   if path.is_dir():
     path = find_weights_file(path)
   if path.suffix not in PICKLE_SUFFIXES:

@@ -16,7 +16,6 @@ written.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 from pathlib import Path
@@ -24,9 +23,9 @@ from typing import Mapping
 
 import jax
 
-from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, conv_rules, pointwise_conv_rules,
-                            read_checkpoint, strip_key_prefixes)
-from liveedit_jax import param_io
+from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, conv_rules, error_line,
+                            pointwise_conv_rules, read_checkpoint, strip_key_prefixes)
+from liveedit_jax import cli, param_io
 from liveedit_jax.taehv import BLOCKS_PER_STAGE, KIND, STAGES, TAEHV_PRESETS, TAEHVConfig, init_taehv_params
 
 
@@ -116,20 +115,20 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float3
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m convert.taehv", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m convert.taehv", description=__doc__)
   parser.add_argument("--src", required=True, help="taew2_1.pth or taew2_1.safetensors")
   parser.add_argument("--dst", required=True, help="output directory")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-  parser.add_argument("--preset", choices=sorted(TAEHV_PRESETS), default="taew2_1", help="sizes (default taew2_1)")
-  parser.add_argument("--overwrite", action="store_true")
+  parser.add_argument("--preset", choices=sorted(TAEHV_PRESETS), default="taew2_1", help="sizes")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --dst")
   args = parser.parse_args(argv)
   try:
     path = convert(args.src, args.dst, args.dtype, args.preset, args.overwrite)
   except (CheckpointError, FileExistsError) as err:
-    raise SystemExit(f"error: {err}") from err
+    # SystemExit carries the line (callers of `main` rely on it); other mistakes reach `cli.run` as they are.
+    raise SystemExit(error_line(err)) from err
   print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)  # user mistakes as one line on stderr, exit status 1 (2 for usage)

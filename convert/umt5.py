@@ -19,7 +19,6 @@ fingerprint (sha256 of the weights and tokenizer files; it keys the prompt cache
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import os
@@ -29,8 +28,9 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, layout_config, linear_rules,
-                            read_checkpoint)
+from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, error_line, layout_config,
+                            linear_rules, read_checkpoint)
+from liveedit_jax import cli
 from liveedit_jax.param_io import save_params
 from liveedit_jax.tokenizer import SPIECE_FILE, TOKENIZER_FILES, TOKENIZER_JSON, Tokenizer
 from liveedit_jax.umt5 import KIND, TOKENIZER_DIR, UMT5_PRESETS, UMT5Config, init_umt5_params
@@ -156,8 +156,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "auto", t
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m convert.umt5", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m convert.umt5", description=__doc__)
   parser.add_argument("--src", required=True, help="Wan .pth file, or a transformers UMT5EncoderModel directory")
   parser.add_argument("--dst", required=True, help="output directory")
   parser.add_argument("--format", choices=("auto", *LAYOUTS), default="auto")
@@ -165,14 +164,15 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
   parser.add_argument("--preset", choices=sorted(UMT5_PRESETS),
                       help="sizes (default: umt5-xxl for the Wan layout, config.json for transformers)")
-  parser.add_argument("--overwrite", action="store_true")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --dst")
   args = parser.parse_args(argv)
   try:
     path = convert(args.src, args.dst, args.format, args.tokenizer, args.dtype, args.preset, args.overwrite)
   except (CheckpointError, FileExistsError) as err:
-    raise SystemExit(f"error: {err}") from err
+    # SystemExit carries the line (callers of `main` rely on it); other mistakes reach `cli.run` as they are.
+    raise SystemExit(error_line(err)) from err
   print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)  # user mistakes as one line on stderr, exit status 1 (2 for usage)

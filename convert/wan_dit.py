@@ -15,7 +15,6 @@ head dim 128 (Wan's). `--in-channels 32` widens a 16-channel patch embedding wit
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import re
 import sys
@@ -25,8 +24,9 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, config_json_beside, linear_rules,
-                            read_checkpoint, strip_key_prefixes, top_level_keys)
+from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, config_json_beside, error_line,
+                            linear_rules, read_checkpoint, strip_key_prefixes, top_level_keys)
+from liveedit_jax import cli
 from liveedit_jax.config import DIT_PRESETS, DiTConfig
 from liveedit_jax.dit import init_dit_params
 from liveedit_jax.param_io import save_params
@@ -185,7 +185,7 @@ def convert_dit(src: str | Path, dst: str | Path | None = None, *, fmt: str = "a
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m convert.wan_dit", description=__doc__.split("\n")[0])
+  parser = cli.ArgumentParser(prog="python -m convert.wan_dit", description=__doc__)
   parser.add_argument("--src", required=True, help="checkpoint file or model directory")
   parser.add_argument("--dst", required=True, help="output directory (config.json + Orbax params)")
   parser.add_argument("--format", default="auto", choices=FORMATS)
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = convert_dit(args.src, args.dst, fmt=args.format, key=args.key, in_channels=args.in_channels,
                          num_heads=args.num_heads, preset=args.preset, dtype=args.dtype, overwrite=args.overwrite)
   except (CheckpointError, FileExistsError) as err:
-    print(f"error: {err}", file=sys.stderr)
+    print(error_line(err), file=sys.stderr)  # other mistakes reach `cli.run` as they are
     return 1
   print(f"wrote {args.dst}: {cfg.name} ({cfg.num_layers} layers, dim {cfg.dim}, in_channels {cfg.in_channels}, "
         f"{args.dtype})")
@@ -209,4 +209,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)  # user mistakes as one line on stderr, exit status 1 (2 for usage); main's 1 passes through

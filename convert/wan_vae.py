@@ -17,7 +17,6 @@ by name with its expected and found shapes, and then nothing is written.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 from pathlib import Path
@@ -26,9 +25,9 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, conv_rules, layout_config,
-                            pointwise_conv_rules, read_checkpoint)
-from liveedit_jax import param_io
+from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, conv_rules, error_line,
+                            layout_config, pointwise_conv_rules, read_checkpoint)
+from liveedit_jax import cli, param_io
 from liveedit_jax.vae import VAE_PRESETS, VAEConfig, init_vae_params
 
 KIND = "vae"
@@ -162,22 +161,22 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "auto", d
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m convert.wan_vae", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m convert.wan_vae", description=__doc__)
   parser.add_argument("--src", required=True, help="Wan2.1_VAE.pth, or a diffusers AutoencoderKLWan directory")
   parser.add_argument("--dst", required=True, help="output directory")
   parser.add_argument("--format", choices=("auto", *LAYOUTS), default="auto")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--preset", choices=sorted(VAE_PRESETS),
                       help="sizes (default: wan2.1-vae for the Wan layout, config.json for diffusers)")
-  parser.add_argument("--overwrite", action="store_true")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --dst")
   args = parser.parse_args(argv)
   try:
     path = convert(args.src, args.dst, args.format, args.dtype, args.preset, args.overwrite)
   except (CheckpointError, FileExistsError) as err:
-    raise SystemExit(f"error: {err}") from err
+    # SystemExit carries the line (callers of `main` rely on it); other mistakes reach `cli.run` as they are.
+    raise SystemExit(error_line(err)) from err
   print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)  # user mistakes as one line on stderr, exit status 1 (2 for usage)

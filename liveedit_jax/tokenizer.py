@@ -22,10 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-try:
-  import ftfy
-except ImportError:  # optional: Wan's cleaning starts with ftfy.fix_text, which repairs mojibake
-  ftfy = None
+import ftfy
 
 SPIECE_FILE = "spiece.model"
 TOKENIZER_JSON = "tokenizer.json"
@@ -38,10 +35,9 @@ _WHITESPACE = re.compile(r"[^\S\x1c-\x1f]+")
 
 
 def clean_prompt(text: str) -> str:
-  """Wan's 'whitespace' cleaning (W:wan/modules/tokenizers.py): ftfy.fix_text (when ftfy is installed), HTML
+  """Wan's 'whitespace' cleaning (W:wan/modules/tokenizers.py): ftfy.fix_text (it repairs mojibake), HTML
   entities unescaped twice, whitespace runs collapsed to one space, ends stripped."""
-  if ftfy is not None:
-    text = ftfy.fix_text(text)
+  text = ftfy.fix_text(text)
   text = html.unescape(html.unescape(text)).strip()
   return _WHITESPACE.sub(" ", text).strip()
 
@@ -54,9 +50,6 @@ class Tokenizer:
 
   def __init__(self, directory: str | os.PathLike, max_length: int = 512):
     directory = Path(directory)
-    if ftfy is None:
-      warnings.warn("ftfy is not installed: prompts skip ftfy.fix_text, so text with mojibake may tokenize "
-                    "differently from Wan's", stacklevel=2)
     self.directory = directory
     self.max_length = max_length
     if (directory / TOKENIZER_JSON).is_file() and _has_tokenizers():

@@ -22,7 +22,6 @@ those statistics in its config and a `metrics.json` beside it.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -39,8 +38,8 @@ import orbax.checkpoint as ocp
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
+from liveedit_jax import cli, param_io
 from liveedit_jax import metrics as video_metrics
-from liveedit_jax import param_io
 from liveedit_jax.vae import VAEConfig, init_vae_params, vae_decode, vae_encode
 from train import sharding
 from train.synthetic_data import rendered_examples
@@ -333,16 +332,19 @@ def export(config: AutoencoderConfig, vae: VAEConfig, params: Any, clips: np.nda
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m train.autoencoder", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m train.autoencoder", description=__doc__)
   defaults = AutoencoderConfig()
   for field in dataclasses.fields(AutoencoderConfig):
+    # The default spelled out in the help: the formatter would hide a default of 0 (it equals False).
     parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=type(field.default),
-                        default=field.default, help=f"default: {field.default}")
-  config = dataclasses.replace(defaults, **vars(parser.parse_args(argv)))
+                        default=field.default, help="(default: %(default)s)")
+  args = vars(parser.parse_args(argv))
+  args.pop("debug", None)  # `cli.run` takes --debug out; a direct `main(argv)` call may still pass it
+  config = dataclasses.replace(defaults, **args)
+  config.model()  # an unknown --vae preset fails here, before the logging starts
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   print(json.dumps(train(config)))
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)  # user mistakes as one line on stderr, exit status 1 (2 for usage)

@@ -11,12 +11,13 @@ add it and its server only for this.
 
 from __future__ import annotations
 
-import argparse
 import struct
 from collections import defaultdict
 from pathlib import Path
 
 from tensorboardX.proto import event_pb2
+
+from liveedit_jax import cli
 
 Scalars = dict[str, list[tuple[int, float]]]  # tag → [(step, value)] in file order
 CURVES = ("loss", "mse", "dmd", "psnr")  # the tag names (after the last "/") that are plotted
@@ -77,11 +78,12 @@ def plot(runs: dict[str, Scalars], out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m train.loss_curves", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m train.loss_curves", description=__doc__)
   parser.add_argument("logs", type=Path, help="a directory of runs, each a directory of event files")
   parser.add_argument("--out", type=Path, default=Path("docs/loss_curves.png"), help="the PNG to write")
   args = parser.parse_args(argv)
+  if not args.logs.is_dir():
+    raise FileNotFoundError(f"{args.logs}: no such directory (expected a recipe's TensorBoard logs)")
   runs = {d.name: read_scalars(d) for d in sorted(args.logs.iterdir()) if d.is_dir()}
   if not runs:
     parser.error(f"{args.logs} holds no run directories")
@@ -89,4 +91,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)  # user mistakes as one line on stderr, exit status 1 (2 for usage)

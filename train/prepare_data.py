@@ -19,13 +19,13 @@ file). Videos are read at their own size, which must be a multiple of 8, and cut
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from liveedit_jax import cli
 from liveedit_jax.synthetic import SPLITS
 from train.configs import TRAIN_PRESETS, TrainConfig
 from train.shards import ShardWriter
@@ -115,8 +115,7 @@ def write(out: str, examples: Iterator[Example], shard_size: int, dtype: str) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m train.prepare_data", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m train.prepare_data", description=__doc__)
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--synthetic", type=int, metavar="N", help="N random examples at --config's sizes")
   source.add_argument("--latents", type=Path, metavar="DIR", help="a directory of .npy triples")
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--out", required=True, help="the shard directory to create")
   parser.add_argument("--config", default="tiny", choices=sorted(TRAIN_PRESETS), help="sizes for --synthetic")
   parser.add_argument("--seed", type=int, default=0,
-                      help="for --synthetic; for --synthetic-edits the first clip index")
+                      help="for --synthetic; for --synthetic-edits the first clip index (default: %(default)s)")
   parser.add_argument("--vae", help="converted VAE directory (--videos, --synthetic-edits)")
   parser.add_argument("--text-encoder", help="converted umT5 directory (--videos, --synthetic-edits)")
   parser.add_argument("--frames", type=int, default=81, help="video frames per clip (--videos, --synthetic-edits)")
@@ -135,10 +134,17 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--height", type=int, help="frame height (--synthetic-edits; required)")
   parser.add_argument("--width", type=int, help="frame width (--synthetic-edits; required)")
   parser.add_argument("--workers", type=int, default=0,
-                      help="--synthetic-edits render processes (0: one per CPU core, 1: none)")
+                      help="--synthetic-edits render processes, 0: one per CPU core, 1: none (default: %(default)s)")
   parser.add_argument("--shard-size", type=int, default=256)
   parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="storage dtype")
   args = parser.parse_args(argv)
+  # Checked before the encoders load and the examples are made: ShardWriter would refuse --out only then.
+  if Path(args.out).exists():
+    raise FileExistsError(f"--out {args.out} exists; remove it or choose another --out")
+  for option, path in (("--latents", args.latents), ("--videos", args.videos), ("--vae", args.vae),
+                       ("--text-encoder", args.text_encoder)):
+    if path is not None and not Path(path).exists():
+      raise FileNotFoundError(f"{option} {path}: no such file or directory")
 
   if args.synthetic is not None:
     examples = synthetic_examples(TrainConfig.preset(args.config, stage=1), args.synthetic, args.seed)
@@ -163,4 +169,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)  # user mistakes as one line on stderr, exit status 1 (2 for usage)

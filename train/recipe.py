@@ -22,7 +22,6 @@ them).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -34,7 +33,7 @@ from typing import Any
 import jax
 import ml_dtypes
 
-from liveedit_jax import param_io
+from liveedit_jax import cli, param_io
 from liveedit_jax.synthetic import FPS
 from train import autoencoder, text_encoder
 from train.configs import TrainConfig
@@ -168,20 +167,27 @@ def run(recipe: Recipe, until: str = PHASES[-1], max_seconds: float | None = Non
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m train.recipe", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m train.recipe", description=__doc__)
   parser.add_argument("recipe", choices=sorted(RECIPES), help="the model family")
   parser.add_argument("--workdir", help="where the phases write (default: the recipe's, e.g. runs/synth)")
-  parser.add_argument("--until", choices=PHASES, default=PHASES[-1], help="the last phase to run (default: all)")
+  parser.add_argument("--until", choices=PHASES, default=PHASES[-1], help="the last phase to run")
   parser.add_argument("--max-seconds", type=float, help="start no phase after this long, and stop the autoencoder "
                       "at it (checkpointed; the next call resumes)")
   parser.add_argument("--package", type=Path, metavar="DIR", help="write the shipped model directories there")
   parser.add_argument("--dit", choices=[p for p in PHASES if p.startswith("stage3")], default="stage3",
-                      help="the stage 3 run --package ships (default: stage3)")
+                      help="the stage 3 run --package ships")
   args = parser.parse_args(argv)
+  recipe = RECIPES[args.recipe] if args.workdir is None else with_workdir(RECIPES[args.recipe], args.workdir)
+  if args.package:
+    # Before loading anything: a phase not yet run would otherwise surface as a missing config.json deep inside.
+    out = recipe.outputs()
+    missing = [f"{phase} ({out[phase]})" for phase in ("text_encoder", "autoencoder", args.dit)
+               if not out[phase].exists()]
+    if missing:
+      command = f"python -m train.recipe {args.recipe}" + (f" --workdir {args.workdir}" if args.workdir else "")
+      raise cli.UserError(f"--package needs the finished phases {', '.join(missing)}; run `{command}` first")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save lines
-  recipe = RECIPES[args.recipe] if args.workdir is None else with_workdir(RECIPES[args.recipe], args.workdir)
   if args.package:
     print(package(recipe, args.package, args.dit))
     return
@@ -189,4 +195,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)  # user mistakes as one line on stderr, exit status 1 (2 for usage)

@@ -5,8 +5,7 @@
 
 from __future__ import annotations
 
-import sys
-
+from liveedit_jax.cli import run
 from train import cli
 
 
@@ -15,4 +14,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  run(main)  # user mistakes as one line on stderr, exit status 1 (2 for usage)

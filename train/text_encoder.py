@@ -13,7 +13,6 @@ The directory is the same as `python -m convert.umt5` writes, fingerprint includ
 
 from __future__ import annotations
 
-import argparse
 import io
 import tempfile
 from pathlib import Path
@@ -22,9 +21,10 @@ import jax
 import sentencepiece
 
 from convert.umt5 import save_text_encoder
+from liveedit_jax import cli
 from liveedit_jax.synthetic import instructions
 from liveedit_jax.tokenizer import SPIECE_FILE
-from liveedit_jax.umt5 import TOKENIZER_DIR, UMT5Config, init_umt5_params
+from liveedit_jax.umt5 import TOKENIZER_DIR, UMT5_PRESETS, UMT5Config, init_umt5_params
 
 
 def train_tokenizer(sentences: list[str], path: Path) -> int:
@@ -57,15 +57,16 @@ def build(out: str | Path, preset: str = "synth", seed: int = 0, overwrite: bool
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m train.text_encoder", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m train.text_encoder", description=__doc__)
   parser.add_argument("--out", required=True, help="the text encoder directory to write")
-  parser.add_argument("--preset", default="synth", help="umT5 preset (default: synth)")
-  parser.add_argument("--seed", type=int, default=0, help="of the random init (default: 0)")
+  parser.add_argument("--preset", default="synth", choices=sorted(UMT5_PRESETS), help="umT5 preset")
+  # The default spelled out: the help formatter would hide a default of 0 (it equals False).
+  parser.add_argument("--seed", type=int, default=0, help="of the random init (default: %(default)s)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   args = parser.parse_args(argv)
+  cli.refuse_existing(args.out, args.overwrite, "--out")  # before training the tokenizer, not after
   print(build(args.out, args.preset, args.seed, args.overwrite))
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)  # user mistakes as one line on stderr, exit status 1 (2 for usage)
