@@ -42,8 +42,9 @@ The API, all of it:
   say(message)              one line on stderr that does not break a progress bar.
   status(what)              context manager: says "what ..." on entry and "what: done in 3.1 s[, notes]" on exit.
   CompileTimer              context manager counting the seconds JAX spends tracing, lowering and compiling
-                            inside the block (from jax.monitoring events): `with CompileTimer() as t: ...;
-                            t.seconds`, `t.count`.
+                            inside the block, in any thread (from jax.monitoring events): `with CompileTimer()
+                            as t: ...; t.seconds`, `t.count`, `t.cache_hits` (those of the count that the
+                            persistent compilation cache answered).
   format_bytes(n), format_count(n), format_seconds(s), disk_bytes(path), memory_summary(compiled)
 
 This module sits below the models: it imports no model code, and JAX only inside CompileTimer.
@@ -135,8 +136,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
   def _get_help_string(self, action: argparse.Action) -> str:
     text = action.help or ""
-    if ("%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
-        or action.nargs == 0):
+    # Identity, not equality: a default of 0 or 0.0 equals False but is worth showing.
+    if ("%(default)" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        or not action.option_strings or action.nargs == 0):
       return text
     default = ",".join(map(str, action.default)) if isinstance(action.default, (tuple, list)) else action.default
     return f"{text} (default: {str(default).replace('%', '%%')})".lstrip()
@@ -228,19 +230,29 @@ def status(what: str) -> Iterator[_Status]:
 
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                    "/jax/core/compile/backend_compile_duration")
-_compile_totals = {"seconds": 0.0, "count": 0}
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+_compile_totals = {"seconds": 0.0, "count": 0, "cache_hits": 0}
+_totals_lock = threading.Lock()  # events come from every thread that compiles (e.g. a pool compiling at once)
 _listener_lock = threading.Lock()
 _listening = False
 
 
 def _on_duration(event: str, duration: float, **_) -> None:
   if event in _COMPILE_EVENTS:
-    _compile_totals["seconds"] += duration
-    _compile_totals["count"] += event == _COMPILE_EVENTS[-1]
+    with _totals_lock:
+      _compile_totals["seconds"] += duration
+      _compile_totals["count"] += event == _COMPILE_EVENTS[-1]
+
+
+def _on_event(event: str, **_) -> None:
+  if event == _CACHE_HIT_EVENT:
+    with _totals_lock:
+      _compile_totals["cache_hits"] += 1
 
 
 class CompileTimer:
-  """Seconds JAX spent tracing, lowering and compiling within the block (`seconds`), and XLA compiles (`count`)."""
+  """Seconds JAX spent tracing, lowering and compiling within the block (`seconds`), XLA compiles (`count`) and
+  how many of those the persistent compilation cache answered (`cache_hits`)."""
 
   def __enter__(self) -> "CompileTimer":
     global _listening
@@ -249,14 +261,16 @@ class CompileTimer:
         import jax.monitoring  # noqa: PLC0415 (JAX only where compiles are timed)
 
         jax.monitoring.register_event_duration_secs_listener(_on_duration)
+        jax.monitoring.register_event_listener(_on_event)
         _listening = True
     self._start = dict(_compile_totals)
-    self.seconds, self.count = 0.0, 0
+    self.seconds, self.count, self.cache_hits = 0.0, 0, 0
     return self
 
   def __exit__(self, *exc) -> None:
     self.seconds = _compile_totals["seconds"] - self._start["seconds"]
     self.count = _compile_totals["count"] - self._start["count"]
+    self.cache_hits = _compile_totals["cache_hits"] - self._start["cache_hits"]
 
 
 def format_bytes(n: float) -> str:

@@ -10,11 +10,19 @@
 
 Per chunk of 3 latent frames (9 video frames for the first chunk, 12 for each later one; Wan's VAE encodes the
 first frame alone): VAE encode → `stream_step` (the distilled DiT's denoising steps against the KV cache) → VAE
-decode → write and flush. Every step is compiled once for the first chunk and once for the rest, with its
-state donated, so a stream of any length runs at constant memory. A partial last chunk is padded by repeating its
-last frame and only its real frames are written. The prompt is embedded once before streaming (through the
-prompt cache when given, so the 11 GB text encoder is loaded only on a miss and freed before the DiT loads), or a
-precomputed [1, L, text_dim] embedding is read (`--context`).
+decode → write and flush. The three stages are dispatched without waiting for each other (JAX runs them
+asynchronously), while a reader thread reads the next chunks and a writer thread waits for each finished chunk,
+converts it to uint8 and writes it, each through a queue of 2 chunks: reading, the device's work and writing
+overlap. `--sync-stages` instead waits for each stage and reads, edits and writes one chunk after the other (the
+same frames, bit for bit), to time the stages. Every step is compiled ahead of time, before the first chunk,
+once for the first chunk and once for the rest (concurrently, in a thread pool), with its state donated, so a
+stream of any length runs at constant memory and no chunk waits for a compile. The compiled programs are kept in
+JAX's persistent compilation cache, $XDG_CACHE_HOME/liveedit_jax/jax_cache (~/.cache/... without XDG_CACHE_HOME),
+so a second run reads them from disk instead of compiling (`--no-compile-cache`: neither read nor written).
+`--attention` picks the DiT's attention implementation (pallas: the kernels of kernels/ measured fastest on this
+GPU). A partial last chunk is padded by repeating its last frame and only its real frames are written. The prompt
+is embedded once before streaming (through the prompt cache when given, so the 11 GB text encoder is loaded only
+on a miss and freed before the DiT loads), or a precomputed [1, L, text_dim] embedding is read (`--context`).
 
 Models: each of --dit, --vae and --text-encoder left out is the default model's part (`default_model.py`: the
 procedural benchmark's small editor shipped in the package, or the directory LIVEEDIT_DEFAULT_MODEL names), its
@@ -31,28 +39,36 @@ writes each frame as source | edit, twice as wide.
 An existing output file is refused unless `--overwrite`; the output is written under a temporary name and takes
 its own name when the first chunk is written, so a run that fails earlier leaves nothing there.
 
-Progress goes to stderr: a line as each model starts and ends loading (its size on disk, its parameter count), a
-line before each of the two chunks that compile (the first chunk and the first later one compile their own VAE
-and DiT steps), then one line per chunk: frames, ms of encode / DiT / decode (each waited for, so they add up to
-the chunk's compute), frames per second over the whole chunk (reading and writing included), the seconds spent
-compiling (chunks 0 and 1), the time left when the input's length is known and, with the mask cache on, the
-fraction of tokens the chunk recomputed and the IoU of its mask with the previous chunk's. On a terminal a bar
-(frames done of the total, frames/s, ETA) runs below the lines. Frames within a chunk attend to each other, so the
-output of a run stopped at a chunk boundary (Ctrl-C, SIGTERM, `--max-frames`) is a prefix of the full run's.
+Progress goes to stderr: a line as each model starts and ends loading (its size on disk, its parameter count), two
+around compiling the steps (the seconds, how many of the 7 executables, 6 without the mask cache, were compiled and
+how many read from the compilation cache), then one line per chunk as it is written: its frames, frames per second
+and wall time (since the previous chunk was written: with the stages overlapped, the rate the stream runs at), its
+latency (from its frames reaching the stream, read or, for the first chunk, read before the models loaded, to their
+being written), with --sync-stages the ms of encode / DiT / decode (each waited for, so they add up to the chunk's
+compute), the time left when the input's length is known and, with the mask cache on, the fraction of tokens the
+chunk recomputed and the IoU of its mask with the previous chunk's. A summary line ends the run: frames written,
+seconds, frames per second after chunk 0 and the time from the start of the run to the first edited frame written.
+On a terminal a bar (frames done of the total, frames/s, ETA) runs below the lines. Frames within a chunk attend to
+each other, so the output of a run stopped at a chunk boundary (Ctrl-C, SIGTERM, `--max-frames`) is a prefix of the
+full run's; stopped by Ctrl-C or SIGTERM, the run still writes the chunks handed to the writer (at most 3), whole.
 Errors are one line (`--debug` or LIVEEDIT_DEBUG=1 for the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
+import os
+import queue
 import signal
 import threading
 import time
+import typing
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +76,7 @@ import ml_dtypes
 import numpy as np
 
 from liveedit_jax import cli, default_model
-from liveedit_jax.config import DiTConfig
+from liveedit_jax.config import AttentionImpl, DiTConfig
 from liveedit_jax.dit import load_dit
 from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.prompt_cache import PromptCache
@@ -71,7 +87,8 @@ from liveedit_jax.vae import VAEConfig, VAEStreamState, init_vae_stream, load_va
 from liveedit_jax.video_io import (FrameReader, RawWriter, VideoIOError, VideoWriter, count_frames, is_raw,
                                    is_synthetic, open_reader, open_writer, parse_size, to_float, to_uint8)
 
-# Jitted once per process (the configs are static and hashable), so runs in one process share compilations.
+# Lowered and compiled by `compile_steps` (the configs are static and hashable, so runs in one process share the
+# compilations).
 vae_encode = jax.jit(vae_encode_step, static_argnums=0, static_argnames="first", donate_argnums=2)
 vae_decode = jax.jit(vae_decode_step, static_argnums=0, static_argnames="first", donate_argnums=2)
 
@@ -90,6 +107,40 @@ def add_stream_options(group: argparse._ArgumentGroup) -> argparse._ArgumentGrou
   group.add_argument("--cache-frames", type=int, default=18, help="past latent frames attended to")
   group.add_argument("--sink-frames", type=int, default=0, help="of those, first frames never evicted")
   return group
+
+
+def add_run_options(group: argparse._ArgumentGroup) -> argparse._ArgumentGroup:
+  """How the stream runs (attention kernels, stage overlap, compilation cache), shared with `python -m
+  liveedit_jax.bench e2e`; `main` applies them."""
+  group.add_argument("--attention", choices=typing.get_args(AttentionImpl), default="auto",
+                     help="the DiT's attention: auto is cuDNN on GPU and XLA elsewhere; pallas the measured fastest "
+                     "of kernels/ on this GPU")
+  group.add_argument("--sync-stages", action="store_true",
+                     help="wait for each stage of a chunk and give its ms (for profiling), instead of overlapping "
+                     "reading, the device's work and writing")
+  group.add_argument("--no-compile-cache", action="store_true",
+                     help=f"do not keep compiled steps in JAX's persistent compilation cache ({_shown_cache_dir()})")
+  return group
+
+
+def compile_cache_dir() -> Path:
+  """Where compiled steps are kept between runs: $XDG_CACHE_HOME/liveedit_jax/jax_cache (~/.cache without it)."""
+  return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "liveedit_jax" / "jax_cache"
+
+
+def _shown_cache_dir() -> str:
+  """compile_cache_dir() as messages write it: ~/... under the home directory."""
+  path = compile_cache_dir()
+  return f"~/{path.relative_to(Path.home())}" if path.is_relative_to(Path.home()) else str(path)
+
+
+def enable_compile_cache(directory: Path) -> None:
+  """JAX's persistent compilation cache in `directory`, for every program however small or quick to compile (the
+  defaults skip those under a second, i.e. most CPU programs). It applies from the process's first compilation
+  on, so it is set before anything runs."""
+  jax.config.update("jax_compilation_cache_dir", str(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # -1: no size floor, none chosen for the disk
 
 
 def stream_options(args: argparse.Namespace) -> StreamConfig:
@@ -138,6 +189,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="compute dtype of the DiT and VAE (default: bfloat16 on GPU, float32 elsewhere)")
   stream = add_stream_options(parser.add_argument_group("streaming"))
   stream.add_argument("--seed", type=int, default=0, help="seed of the denoising noise")
+  add_run_options(parser.add_argument_group("running"))
   args = parser.parse_args(argv)
   if not args.context and not args.prompt and not is_synthetic(args.input):
     parser.error("--prompt is needed (the edit instruction), unless --context gives its embedding or the input is "
@@ -148,6 +200,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.error(f"--max-frames must be positive, got {args.max_frames}")
   if args.fps is not None and args.fps <= 0:
     parser.error(f"--fps must be positive, got {args.fps}")
+  if args.attention in ("cudnn", "pallas") and jax.default_backend() != "gpu":
+    parser.error(f"--attention {args.attention} runs on a GPU only; JAX runs on {jax.default_backend()} here (use "
+                 f"auto or xla)")
   args.models = default_model.resolve(args.dit, args.vae, args.text_encoder, text=not args.context)
   native = default_model.native() if "dit" in args.models.defaults else None
   for field, converted in CONVERTED_SIZE.items():
@@ -266,113 +321,294 @@ class Models:
   vae_params: Any
 
 
-PHASES = ("VAE encode", "DiT", "VAE decode")
+# The mask statistics the progress line shows, [active fraction, IoU with the previous mask]: copied out of the
+# state by an executable of their own because the state (stats included) is donated to the next chunk's step.
+_mask_report = jax.jit(lambda stats: jnp.stack([stats.active_fraction, stats.iou_previous[0]]))
 
 
-def edit_chunk(models: Models, vae_state: VAEStreamState, state: StreamState, frames: np.ndarray, first: bool,
-               on_phase: Callable[[str], None] = lambda phase: None):
-  """One chunk through encode → DiT → decode, each waited for so that it can be timed.
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  """The stream's executables, compiled ahead of time; each tuple holds the first chunk's and the later chunks'.
 
-  frames: uint8 [T, H, W, 3] (T = 9 for the first chunk, 12 after). on_phase: called with each of PHASES as it
-  starts. Returns (vae_state, state, edited frames float32 [T, H, W, 3] in [−1, 1] on the host, (encode, DiT,
-  decode) milliseconds, (encode, DiT, decode) seconds of compilation).
+  encode(vae_params, vae_state, video [1, T, H, W, 3] in [−1, 1]) → (vae_state, latents [1, c, h, w, z]);
+  dit(dit_params, state, latents) → (edited latents [1, c, h, w, z], state); decode(vae_params, vae_state, edited)
+  → (vae_state, video [1, T, H, W, 3]); mask(state.tokens.stats) → float32 [2] (`_mask_report`, one for every
+  chunk: the statistics have the same shapes), None without the mask cache. The states are donated, as the jitted
+  functions they are compiled from donate them.
   """
+
+  encode: tuple[Any, Any]
+  dit: tuple[Any, Any]
+  decode: tuple[Any, Any]
+  mask: Any | None
+
+
+def compile_steps(models: Models, state: StreamState, vae_state: VAEStreamState, chunk_sizes: tuple[int, int],
+                  height: int, width: int) -> tuple[Steps, int]:
+  """Lowers every step for the first and the later chunks (each state's shape taken from the previous lowering's
+  output), then compiles them concurrently: XLA compiles outside the GIL, and the persistent compilation cache,
+  when on, answers each from disk. Returns (steps, the number of executables)."""
   m = models
-  timers = [cli.CompileTimer() for _ in PHASES]
-  start = time.perf_counter()
-  on_phase(PHASES[0])
-  with timers[0]:
-    vae_state, latents = vae_encode(m.vae_config, m.vae_params, vae_state, jax.device_put(to_float(frames)[None]),
-                                    first=first)
-    latents.block_until_ready()
-  encode_ms, start = _elapsed_ms(start), time.perf_counter()
-  on_phase(PHASES[1])
-  with timers[1]:
-    edited, state = stream_step(m.dit_config, m.dit_params, state, latents)
-    edited.block_until_ready()
-  dit_ms, start = _elapsed_ms(start), time.perf_counter()
-  on_phase(PHASES[2])
-  with timers[2]:
-    vae_state, decoded = vae_decode(m.vae_config, m.vae_params, vae_state, edited, first=first)
-    decoded = jax.device_get(decoded)[0]
-  return (vae_state, state, decoded, (encode_ms, dit_ms, _elapsed_ms(start)), tuple(t.seconds for t in timers))
+  abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)  # noqa: E731
+  vae_state, state = abstract(vae_state), abstract(state)
+  lowered: list[list[Any]] = [[], [], []]  # per step: first chunk, later chunks
+  for later, frames in enumerate(chunk_sizes):
+    video = jax.ShapeDtypeStruct((1, frames, height, width, 3), jnp.float32)
+    encode = vae_encode.lower(m.vae_config, m.vae_params, vae_state, video, first=not later)
+    vae_state, latents = encode.out_info
+    dit = stream_step.lower(m.dit_config, m.dit_params, state, latents)
+    edited, state = dit.out_info
+    decode = vae_decode.lower(m.vae_config, m.vae_params, vae_state, edited, first=not later)
+    vae_state, _ = decode.out_info
+    for step, low in zip(lowered, (encode, dit, decode)):
+      step.append(low)
+  flat = [low for step in lowered for low in step]
+  if state.tokens is not None:
+    flat.append(_mask_report.lower(state.tokens.stats))
+  with concurrent.futures.ThreadPoolExecutor(len(flat)) as pool:
+    compiled = list(pool.map(lambda low: low.compile(), flat))
+  encode, dit, decode = (tuple(compiled[2 * i:2 * i + 2]) for i in range(3))
+  return Steps(encode, dit, decode, compiled[6] if state.tokens is not None else None), len(compiled)
 
 
-def _compile_note(compile_s: tuple[float, ...]) -> str:
-  spent = [(name, t) for name, t in zip(("encode", "dit", "decode"), compile_s) if t >= 0.05]
-  if not spent:
-    return ""
-  return "  compiled " + ", ".join(f"{name} {t:.1f} s" for name, t in spent)
+def edit_chunk(models: Models, steps: Steps, vae_state: VAEStreamState, state: StreamState, frames: np.ndarray,
+               later: bool, sync: bool):
+  """One chunk through encode → DiT → decode, dispatched without waiting unless `sync` (then each stage is waited
+  for, so that it can be timed).
+
+  frames: uint8 [T, H, W, 3] (T = 9 for the first chunk, 12 after). Returns (vae_state, state, edited frames
+  float32 [1, T, H, W, 3] in [−1, 1] on the device, [active fraction, IoU] of the mask chosen for the next chunk
+  (a device float32 [2]; None without the mask cache), (encode, DiT, decode) ms when `sync`, else None).
+  """
+  m, ms, start = models, [], time.perf_counter()
+
+  def lap(out):
+    nonlocal start
+    if sync:
+      jax.block_until_ready(out)
+      ms.append(_elapsed_ms(start))
+      start = time.perf_counter()
+
+  vae_state, latents = steps.encode[later](m.vae_params, vae_state, jax.device_put(to_float(frames)[None]))
+  lap(latents)
+  edited, state = steps.dit[later](m.dit_params, state, latents)
+  lap(edited)
+  vae_state, decoded = steps.decode[later](m.vae_params, vae_state, edited)
+  lap(decoded)
+  mask = None if steps.mask is None else steps.mask(state.tokens.stats)
+  return vae_state, state, decoded, mask, tuple(ms) if sync else None
 
 
-def run_stream(models: Models, state: StreamState, vae_state: VAEStreamState, reader: FrameReader,
-               writer: RawWriter | VideoWriter, frames: np.ndarray, chunk_sizes: tuple[int, int],
-               limit: float, total: int | None = None, side_by_side: bool = False) -> None:
-  """Edits chunks until the input ends (or `limit` input frames), writing each chunk's real frames at once.
+@dataclasses.dataclass
+class _Chunk:
+  """A chunk on its way through the stream: its source frames uint8 [real, H, W, 3], when they reached the stream
+  (perf_counter s), then its device outputs (`edit_chunk`'s decoded, mask and ms)."""
+
+  index: int
+  frames: np.ndarray
+  read_at: float
+  decoded: Any = None
+  mask: Any = None
+  ms: tuple[float, ...] | None = None
+
+
+class _Worker(threading.Thread):
+  """A daemon thread running `target`, its exception kept and raised again by `check` in the stream's thread."""
+
+  def __init__(self, name: str, target: Callable[[], None]):
+    super().__init__(name=name, daemon=True)
+    self._work, self.error = target, None
+
+  def run(self) -> None:
+    try:
+      self._work()
+    except BaseException as err:  # noqa: BLE001 (re-raised in the stream's thread)
+      self.error = err
+
+  def check(self) -> None:
+    if self.error is not None:
+      raise self.error
+
+
+_END = None  # the last item of a queue
+_POLL_S = 0.1  # queue waits wake this often to see a failed worker (and let a signal through)
+
+
+def _put(q: queue.Queue, item: Any, worker: _Worker | None = None, stop: threading.Event | None = None) -> bool:
+  """Puts `item`, waiting for room; False if `stop` is set first; raises the error of `worker` (the consumer) if
+  it failed."""
+  while not (stop and stop.is_set()):
+    if worker:
+      worker.check()
+    try:
+      q.put(item, timeout=_POLL_S)
+      return True
+    except queue.Full:
+      pass
+  return False
+
+
+def _get(q: queue.Queue, worker: _Worker) -> Any:
+  """The next item, waiting for it; raises `worker`'s error if it failed."""
+  while True:
+    try:
+      return q.get(timeout=_POLL_S)
+    except queue.Empty:
+      worker.check()
+
+
+@contextlib.contextmanager
+def _overlapped(chunks: Iterator[_Chunk], finish: Callable[[_Chunk], None], depth: int = 2):
+  """Reads `chunks` in a thread and `finish`es (writes) chunks in another, each through a queue of `depth`, so
+  both overlap the device work the stream's thread dispatches. Yields (the chunks read, the function handing a
+  dispatched chunk to the writer). On exit, also by an exception (Ctrl-C, SIGTERM, a failed chunk), the writer
+  finishes every chunk already handed to it (at most depth + 1), so the output ends at a chunk boundary."""
+  read, written, stop = queue.Queue(depth), queue.Queue(depth), threading.Event()
+
+  def read_all():
+    for chunk in chunks:
+      if not _put(read, chunk, stop=stop):
+        return
+    _put(read, _END, stop=stop)
+
+  def write_all():
+    while (chunk := written.get()) is not _END:
+      finish(chunk)
+
+  writer = _Worker("stream writer", write_all)
+  reader = _Worker("stream reader", read_all)
+  writer.start()
+  reader.start()
+
+  def received():
+    while (chunk := _get(read, reader)) is not _END:
+      yield chunk
+
+  try:
+    yield received(), lambda chunk: _put(written, chunk, writer)
+  finally:
+    stop.set()
+    _finish_writing(written, writer)
+  writer.check()
+
+
+def _finish_writing(written: queue.Queue, writer: _Worker) -> None:
+  """Hands the writer the end of its queue and waits until it has written what it holds. An exception raised
+  meanwhile (a second SIGTERM or Ctrl-C) is raised again only after that, so that no chunk is left half written
+  while the output closes."""
+  ended, interrupted = False, None
+  while writer.is_alive():
+    try:
+      if not ended:
+        written.put(_END, timeout=_POLL_S)
+        ended = True
+      else:
+        writer.join(_POLL_S)
+    except queue.Full:
+      pass
+    except BaseException as err:  # noqa: BLE001 (raised again below)
+      interrupted = err
+  if interrupted is not None:
+    raise interrupted
+
+
+@contextlib.contextmanager
+def _serial(chunks: Iterator[_Chunk], finish: Callable[[_Chunk], None]):
+  """`_overlapped`'s interface with no threads: each chunk is read, then edited, then written."""
+  yield chunks, finish
+
+
+def run_stream(models: Models, steps: Steps, state: StreamState, vae_state: VAEStreamState, reader: FrameReader,
+               writer: RawWriter | VideoWriter, frames: np.ndarray, chunk_sizes: tuple[int, int], limit: float,
+               total: int | None = None, side_by_side: bool = False, sync_stages: bool = False,
+               started: float | None = None) -> None:
+  """Edits chunks until the input ends (or `limit` input frames), writing each chunk's real frames as it is done.
 
   frames: the first chunk, already read. total: the input's frame count when known (for the time left).
-  side_by_side: write source | edit frames [T, H, 2W, 3]. One progress line per chunk and a summary go to stderr,
-  with a bar on a terminal.
+  side_by_side: write source | edit frames [T, H, 2W, 3]. sync_stages: wait for each stage (timed) and read, edit
+  and write one chunk after the other, instead of overlapping them. started: perf_counter at the run's start
+  (default: now), for the time to the first edited frame. One progress line per chunk and a summary go to
+  stderr, with a bar on a terminal.
   """
-  index, mask = 0, None
-  stream_start = steady_start = time.perf_counter()
+  stream_start = time.perf_counter()
+  started = stream_start if started is None else started
   bar = cli.progress(total=total, desc="stream", unit="frame")
+  clock = {"last": stream_start}  # when the last chunk was written; set by `finish`
+
+  def chunks():
+    read_at, index, frames_ = stream_start, 0, frames
+    while len(frames_):
+      yield _Chunk(index, frames_, read_at)
+      if len(frames_) < chunk_sizes[index > 0]:
+        return
+      frames_, index = reader.read(int(min(chunk_sizes[1], limit - reader.frames_read))), index + 1
+      read_at = time.perf_counter()
+
+  def finish(chunk: _Chunk):
+    real, first_frame = len(chunk.frames), writer.frames_written
+    edited = to_uint8(np.asarray(chunk.decoded)[0, :real])  # waits for the chunk's device work
+    writer.write(np.concatenate([chunk.frames, edited], axis=2) if side_by_side else edited)
+    now = time.perf_counter()
+    if chunk.index == 0:
+      clock["first"] = now
+    wall, clock["last"] = now - clock["last"], now
+    bar.update(real)
+    report = (f"chunk {chunk.index}: frames {first_frame}-{writer.frames_written - 1}  {real / wall:.1f} fps"
+              f"  wall {wall * 1e3:.1f} ms  latency {(now - chunk.read_at) * 1e3:.1f} ms")
+    if chunk.ms is not None:
+      report += "".join(f"  {name} {t:.1f} ms" for name, t in zip(("encode", "dit", "decode"), chunk.ms))
+    if total is not None and chunk.index > 1:  # the rate of the chunks after the first two
+      left = max(0, total - writer.frames_written)
+      rate = (writer.frames_written - clock["eta_frames"]) / (now - clock["eta_start"])
+      report += f"  {cli.format_seconds(left / rate)} left"
+    if chunk.index == 1:
+      clock["eta_start"], clock["eta_frames"] = now, writer.frames_written
+    if steps.mask is not None and chunk.mask is None:
+      report += "  mask: all tokens"
+    elif steps.mask is not None:
+      fraction, iou = np.asarray(chunk.mask)
+      report += f"  mask: {fraction:.0%} tokens recomputed" + ("" if chunk.index == 1 else f", IoU {iou:.2f}")
+    cli.say(report)
+
+  mask = None  # the mask statistics of the chunk being edited (chosen by the previous chunk's step)
   try:
-    while len(frames):
-      chunk_start = time.perf_counter()
-      real, size = len(frames), chunk_sizes[index > 0]
-      padded = np.concatenate([frames, np.repeat(frames[-1:], size - real, axis=0)])
-      if index < 2:  # the first chunk and the first later one run steps of their own shapes: compiled now
-        cli.say(f"chunk {index}: compiling and running its VAE encode, DiT step and VAE decode ...")
-      on_phase = lambda phase, index=index: bar.set_description(f"chunk {index}: {phase}")  # noqa: E731
-      vae_state, state, edited, ms, compile_s = edit_chunk(models, vae_state, state, padded, first=index == 0,
-                                                           on_phase=on_phase)
-      edited = to_uint8(edited[:real])
-      writer.write(np.concatenate([frames, edited], axis=2) if side_by_side else edited)
-      bar.update(real)
-      report = (f"chunk {index}: frames {reader.frames_read - real}-{reader.frames_read - 1}  encode {ms[0]:.1f} ms"
-                f"  dit {ms[1]:.1f} ms  decode {ms[2]:.1f} ms  {real / (time.perf_counter() - chunk_start):.1f} fps"
-                + _compile_note(compile_s))
-      if total is not None and index > 1:  # the rate of the chunks after the two that compile
-        left = max(0, total - writer.frames_written)
-        rate = (writer.frames_written - eta_frames) / (time.perf_counter() - eta_start)
-        report += f"  {cli.format_seconds(left / rate)} left"
-      if state.tokens is not None:
-        report += "  mask: all tokens" if mask is None else (
-            f"  mask: {mask[0]:.0%} tokens recomputed" + ("" if index == 1 else f", IoU {mask[1]:.2f}"))
-        # The mask the step chose for the next chunk, from this chunk's edit.
-        stats = jax.device_get(state.tokens.stats)
-        mask = (float(stats.active_fraction), float(stats.iou_previous[0]))
-      cli.say(report)
-      if index == 0:
-        steady_start = time.perf_counter()  # chunk 0 compiles; the summary's rate starts after it
-      if index == 1:
-        eta_start, eta_frames = time.perf_counter(), writer.frames_written
-      bar.set_description("stream")
-      index += 1
-      if real < size:
-        break
-      frames = reader.read(int(min(chunk_sizes[1], limit - reader.frames_read)))
+    with (_serial if sync_stages else _overlapped)(chunks(), finish) as (received, send):
+      for chunk in received:
+        bar.set_description(f"chunk {chunk.index}")
+        size = chunk_sizes[chunk.index > 0]
+        padded = np.concatenate([chunk.frames, np.repeat(chunk.frames[-1:], size - len(chunk.frames), axis=0)])
+        vae_state, state, chunk.decoded, next_mask, chunk.ms = edit_chunk(
+            models, steps, vae_state, state, padded, later=chunk.index > 0, sync=sync_stages)
+        chunk.mask, mask = mask, next_mask
+        send(chunk)
   finally:
     bar.close()
     later = writer.frames_written - min(writer.frames_written, chunk_sizes[0])
-    rate = f", {later / (time.perf_counter() - steady_start):.1f} fps after chunk 0" if later else ""
-    cli.say(f"wrote {writer.frames_written} frames to {writer.name} in "
-            f"{time.perf_counter() - stream_start:.1f} s{rate}")
+    rate = f", {later / (clock['last'] - clock['first']):.1f} fps after chunk 0" if later else ""
+    first = f", the first edited frame {clock['first'] - started:.1f} s after the start" if "first" in clock else ""
+    cli.say(f"wrote {writer.frames_written} frames to {writer.name} in {time.perf_counter() - stream_start:.1f} s"
+            f"{rate}{first}")
 
 
 def load_models(args: argparse.Namespace, dtype: str) -> Models:
-  """The DiT and the VAE in `dtype`, each between two status lines."""
+  """The DiT (with --attention) and the VAE in `dtype`, each between two status lines."""
   dirs = args.models
   dit = load_logged(_model_name(args, "dit", "DiT"), dirs.dit, lambda: load_dit(dirs.dit, compute_dtype=dtype),
                     lambda m: m[1])
   vae = load_logged(_model_name(args, "vae", "VAE"), dirs.vae, lambda: load_vae(dirs.vae, compute_dtype=dtype),
                     lambda m: m[1])
-  return Models(*dit, *vae)
+  return Models(dit[0].replace(attention=args.attention), dit[1], *vae)
 
 
 def main(argv: list[str] | None = None) -> None:
+  started = time.perf_counter()
   args = parse_args(argv)
+  if not args.no_compile_cache:
+    enable_compile_cache(compile_cache_dir())
+  if args.attention == "pallas":
+    import kernels.dispatch  # noqa: PLC0415 (the GPU kernels load only when asked for)
+
+    kernels.dispatch.enable()
   cli.refuse_existing(args.output, args.overwrite)
   dit_config, vae_config, _ = default_model.check_models(args.models, args.height, args.width)
   input_size = parse_size(args.input_size) if args.input_size else None
@@ -409,7 +645,15 @@ def main(argv: list[str] | None = None) -> None:
     cli.say(f"streaming {reader.name}{length} to {writer.name} at {width}×{height}, {args.fps:g} fps, {dtype}, "
             f"chunks of {chunk_sizes[0]} then {chunk_sizes[1]} frames" + (", source | edit" if args.side_by_side
                                                                             else ""))
-    run_stream(models, state, vae_state, reader, writer, frames, chunk_sizes, limit, total, args.side_by_side)
+    cache = "" if args.no_compile_cache else f" (compilation cache: {_shown_cache_dir()})"
+    with cli.status(f"compiling the VAE encode, DiT step and VAE decode of the first and the later chunks{cache}") \
+        as compiling:
+      with cli.CompileTimer() as timer:
+        steps, count = compile_steps(models, state, vae_state, chunk_sizes, height, width)
+      compiling.note(f"{timer.count - timer.cache_hits} of {count} executables compiled" +
+             ("" if args.no_compile_cache else f", {timer.cache_hits} read from the cache"))
+    run_stream(models, steps, state, vae_state, reader, writer, frames, chunk_sizes, limit, total,
+               args.side_by_side, args.sync_stages, started)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,14 @@
-"""Shared test setup: the `gpu` marker skips cleanly when JAX sees no GPU."""
+"""Shared test setup: the `gpu` marker skips cleanly when JAX sees no GPU; the CLIs' persistent compilation cache
+goes to a temporary directory, not the user's cache."""
+
+import os
+import tempfile
 
 import jax
 import pytest
+
+# Before any test runs a CLI (they switch the cache on under $XDG_CACHE_HOME/liveedit_jax by default).
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="liveedit-test-cache-")
 
 
 def pytest_collection_modifyitems(config, items):

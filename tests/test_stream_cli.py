@@ -1,11 +1,14 @@
-"""`python -m liveedit_jax.stream` and `video_io`: the CLI adds no numerical change to the Python pipeline, writes
-every real frame of a partial last chunk, stops at a chunk boundary with a prefix of the full output, finalises
-an mp4 on SIGTERM, and fails with errors that name the file and the problem.
+"""`python -m liveedit_jax.stream` and `video_io`: the CLI adds no numerical change to the Python pipeline (its
+overlapped loop writes exactly what the serial `--sync-stages` loop writes), writes every real frame of a partial
+last chunk, stops at a chunk boundary with a prefix of the full output (also on SIGTERM or Ctrl-C in the middle
+of the overlapped loop), finalises an mp4 on SIGTERM, compiles nothing in a second process with a warm
+compilation cache, and fails with errors that name the file and the problem.
 
 Tiny random DiT and VAE checkpoints (the DiT's zero-initialised head given random weights, so the output depends
 on the whole network) are saved with `param_io.save_params` as the converters save them. The input is 25 frames
 of 32×48: chunks of 9, 12 and 4 (padded to 12) video frames, i.e. latents of 4×6 and 2×3 DiT tokens per frame.
-The CLI's jitted steps are module-level, so the runs here and the reference pipeline share one set of compiles.
+The runs in this process pass --no-compile-cache (the user's cache directory is not written); the cache is tested
+in subprocesses with their own XDG_CACHE_HOME.
 """
 
 import argparse
@@ -82,7 +85,7 @@ def cli_args(setup, output, *extra, input=None):
   input = input or setup["input"]
   return ["--input", input, *(["--input-size", f"{W}x{H}"] if video_io.is_raw(input) else []),
           "--output", str(output), "--dit", setup["dit"], "--vae", setup["vae"], "--context", setup["context"],
-          "--height", str(H), "--width", str(W), "--seed", "3", *extra]
+          "--height", str(H), "--width", str(W), "--seed", "3", "--no-compile-cache", *extra]
 
 
 def read_raw(path) -> np.ndarray:
@@ -134,8 +137,9 @@ def test_max_frames_gives_prefix(setup, full_run, capsys):
 
 
 def test_progress_lines(setup, tmp_path, capsys):
-  """Loading names each model with its size and parameter count; the input's length is given; the two chunks
-  that compile say so before they run; chunks after those give the time left until the last one."""
+  """Loading names each model with its size and parameter count; the input's length is given; every step is
+  compiled before the first chunk; each chunk gives its rate, wall time and latency, the chunks after the first
+  two the time left until the last one; the summary gives the time to the first edited frame."""
   source = tmp_path / "long.rgb"
   np.concatenate([setup["frames"], setup["frames"]]).tofile(source)  # 50 frames: chunks of 9, 12, 12, 12, 5
   stream.main(cli_args(setup, tmp_path / "out.rgb", input=str(source)))
@@ -147,14 +151,24 @@ def test_progress_lines(setup, tmp_path, capsys):
   assert lines[1].endswith(f" s, {dit_params / 1e3:.3g} k parameters")
   assert lines[2].startswith("loading the VAE from") and "done in" in lines[3]
   assert lines[4].startswith(f"streaming {source} (50 frames) to {tmp_path / 'out.rgb'} at 48×32, 16 fps, float32")
-  assert [line.split(":")[0] for line in lines if "compiling and running" in line] == ["chunk 0", "chunk 1"]
+  assert lines[5] == "compiling the VAE encode, DiT step and VAE decode of the first and the later chunks ..."
+  # 7: encode, DiT step and decode for each of the two chunk shapes, and the mask statistics' copy; compiled by
+  # the first run in this process, held in memory for the later ones.
+  assert re.fullmatch(r"compiling .* chunks: done in [\d.]+ s, [07] of 7 executables compiled", lines[6])
   chunks = {int(m[1]): line for line in lines if (m := re.match(r"chunk (\d+): frames", line))}
   assert sorted(chunks) == [0, 1, 2, 3, 4]
-  assert all("compiled " not in chunks[i] for i in (2, 3, 4))  # their steps were compiled for chunk 1
+  sizes = [9, 12, 12, 12, 5]
+  for i, line in chunks.items():
+    m = re.match(r"chunk \d+: frames (\d+)-(\d+)  ([\d.]+) fps  wall ([\d.]+) ms  latency ([\d.]+) ms", line)
+    assert (int(m[1]), int(m[2])) == (sum(sizes[:i]), sum(sizes[:i + 1]) - 1)
+    assert float(m[3]) == pytest.approx(sizes[i] / float(m[4]) * 1e3, rel=0.01, abs=0.1)
+    assert float(m[5]) >= float(m[4]) if i == 0 else float(m[5]) > 0
+    assert " encode " not in line  # the stages overlap, so they are not timed
   left = [re.search(r"  ([\d.]+) s left", chunks[i]) for i in range(5)]
   assert [m is not None for m in left] == [False, False, True, True, True]
   assert float(left[2][1]) > 0 and float(left[4][1]) == 0
-  assert lines[-1].startswith(f"wrote 50 frames to {tmp_path / 'out.rgb'} in ")
+  assert re.fullmatch(rf"wrote 50 frames to {re.escape(str(tmp_path / 'out.rgb'))} in [\d.]+ s, [\d.]+ fps after "
+                      r"chunk 0, the first edited frame [\d.]+ s after the start", lines[-1])
   assert video_io.count_frames(str(source), W, H, 16, (W, H)) == 50
 
 
@@ -169,33 +183,36 @@ def test_existing_output_is_refused_unless_overwrite(setup, full_run, tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["out.rgb"]
 
 
-@pytest.mark.parametrize("suffix", [".rgb", ".mp4"])
-def test_output_takes_its_name_when_the_first_chunk_is_written(setup, tmp_path, monkeypatch, suffix):
+@pytest.mark.parametrize("suffix,sync", [(".rgb", True), (".mp4", True), (".rgb", False), (".mp4", False)])
+def test_output_takes_its_name_when_the_first_chunk_is_written(setup, tmp_path, monkeypatch, suffix, sync):
   """The first chunk goes to a hidden partial file beside the output; the output appears (replacing the old one,
   with --overwrite) once that chunk is written. A failure inside the first chunk leaves the old file as it was
-  and no partial file; a failure in the second leaves the first chunk's frames under the output's name."""
+  and no partial file; a failure in the second leaves the first chunk's frames under the output's name (in the
+  overlapped loop too, whose writer may not have written the first chunk yet when the second fails)."""
   output = tmp_path / f"out{suffix}"
   output.write_bytes(b"old")
   seen = []
   edit_chunk = stream.edit_chunk
 
-  def failing_edit_chunk(models, vae_state, state, frames, first, on_phase):
+  def failing_edit_chunk(*args, **kwargs):
     seen.append((output.read_bytes() == b"old", [p.name for p in tmp_path.iterdir() if "partial" in p.name]))
     if len(seen) == fail_at:
       raise RuntimeError("the device fell off")
-    return edit_chunk(models, vae_state, state, frames, first, on_phase)
+    return edit_chunk(*args, **kwargs)
 
   monkeypatch.setattr(stream, "edit_chunk", failing_edit_chunk)
+  extra = ["--overwrite"] + (["--sync-stages"] if sync else [])
   fail_at = 1
   with pytest.raises(RuntimeError, match="fell off"):
-    stream.main(cli_args(setup, output, "--overwrite"))
+    stream.main(cli_args(setup, output, *extra))
   assert output.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == [output.name]
   seen.clear()
   fail_at = 2
   with pytest.raises(RuntimeError, match="fell off"):
-    stream.main(cli_args(setup, output, "--overwrite"))
+    stream.main(cli_args(setup, output, *extra))
   assert seen[0] == (True, [])  # the partial file is created by the first write
-  assert seen[1][0] is False and seen[1][1] == []  # after the first chunk: published under its own name
+  if sync:
+    assert seen[1][0] is False and seen[1][1] == []  # after the first chunk: published under its own name
   assert sorted(p.name for p in tmp_path.iterdir()) == [output.name]
   if suffix == ".rgb":
     assert read_raw(output).shape == (9, H, W, 3)
@@ -278,7 +295,8 @@ def test_mp4_input(setup, tmp_path):
 
 
 def test_sigterm_finalises_mp4(setup, full_run, monkeypatch):
-  """SIGTERM after the first chunk: main exits with 143 and the mp4 holds that chunk's 9 frames."""
+  """SIGTERM after the first chunk is written (serial loop): main exits with 143 and the mp4 holds that chunk's 9
+  frames."""
   write = video_io.VideoWriter.write
 
   def write_then_terminate(self, frames):
@@ -289,11 +307,105 @@ def test_sigterm_finalises_mp4(setup, full_run, monkeypatch):
   handler = signal.getsignal(signal.SIGTERM)
   output = setup["root"] / "terminated.mp4"
   with pytest.raises(SystemExit) as exit_info:
-    stream.main(cli_args(setup, output))
+    stream.main(cli_args(setup, output, "--sync-stages"))
   assert exit_info.value.code == 128 + signal.SIGTERM
   assert signal.getsignal(signal.SIGTERM) == handler  # restored
   with video_io.open_reader(str(output), W, H, 16) as reader:
     assert reader.read(100).shape == (9, H, W, 3)
+
+
+def test_sync_stages_writes_the_same_frames(setup, full_run, capsys):
+  """The serial loop (--sync-stages, each stage waited for and timed) writes exactly the overlapped loop's frames;
+  its chunk lines add the ms of each stage, which fit inside the chunk's wall time."""
+  output = setup["root"] / "serial.rgb"
+  stream.main(cli_args(setup, output, "--sync-stages"))
+  np.testing.assert_array_equal(read_raw(output), full_run)
+  chunks = [line for line in capsys.readouterr().err.splitlines() if re.match(r"chunk \d+: frames", line)]
+  assert len(chunks) == 3
+  for line in chunks:
+    m = re.search(r"wall ([\d.]+) ms  latency [\d.]+ ms  encode ([\d.]+) ms  dit ([\d.]+) ms  decode ([\d.]+) ms",
+                  line)
+    assert 0 < float(m[2]) + float(m[3]) + float(m[4]) <= float(m[1]) + 0.3  # each printed to 0.1 ms
+
+
+def test_attention_option(setup, full_run, tmp_path, capsys):
+  """--attention xla, what auto picks on a CPU, writes the same frames; without a GPU the GPU-only
+  implementations are refused in one line before anything loads."""
+  stream.main(cli_args(setup, tmp_path / "xla.rgb", "--attention", "xla"))
+  np.testing.assert_array_equal(read_raw(tmp_path / "xla.rgb"), full_run)
+  if jax.default_backend() == "gpu":
+    return
+  for impl in ("cudnn", "pallas"):
+    with pytest.raises(SystemExit) as info:
+      stream.main(cli_args(setup, tmp_path / f"{impl}.rgb", "--attention", impl))
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: --attention {impl} runs on a GPU only; JAX runs on cpu here (use auto or xla) (see python -m "
+        f"liveedit_jax.stream --help)")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_in_the_overlapped_loop_leaves_whole_chunks(setup, full_run, monkeypatch, signum):
+  """A signal arriving while the overlapped loop runs (sent here from the writer thread after each chunk it
+  writes: the first while the next chunks are read and dispatched, the later ones while the writer finishes the
+  chunks handed to it): SIGTERM exits with 143, Ctrl-C raises KeyboardInterrupt, and either way the raw output
+  holds a whole number of chunks, the full run's prefix."""
+  write = video_io.RawWriter.write
+
+  def write_then_signal(self, frames):
+    write(self, frames)
+    os.kill(os.getpid(), signum)
+
+  monkeypatch.setattr(video_io.RawWriter, "write", write_then_signal)
+  output = setup["root"] / f"signalled-{signum}.rgb"
+  expected = SystemExit if signum == signal.SIGTERM else KeyboardInterrupt
+  with pytest.raises(expected) as info:
+    stream.main(cli_args(setup, output, "--overwrite"))
+  if signum == signal.SIGTERM:
+    assert info.value.code == 128 + signal.SIGTERM
+  assert output.stat().st_size % (H * W * 3) == 0
+  frames = read_raw(output)
+  assert len(frames) in (9, 21, 25)  # chunk boundaries
+  np.testing.assert_array_equal(frames, full_run[:len(frames)])
+
+
+# Runs the CLI and prints, as JSON, what JAX's monitoring saw: compile requests, persistent-cache misses and hits.
+_COUNTED_RUN = textwrap.dedent("""
+    import json, sys
+    import jax.monitoring
+    counts = {"compiles": 0, "misses": 0, "hits": 0}
+    names = {"/jax/compilation_cache/cache_misses": "misses", "/jax/compilation_cache/cache_hits": "hits"}
+    jax.monitoring.register_event_listener(
+        lambda event, **_: counts.__setitem__(names[event], counts[names[event]] + 1) if event in names else None)
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, duration, **_: counts.__setitem__("compiles", counts["compiles"] + 1)
+        if event == "/jax/core/compile/backend_compile_duration" else None)
+    from liveedit_jax import stream
+    stream.main(sys.argv[1:])
+    print(json.dumps(counts))
+""")
+
+
+def test_warm_compilation_cache_compiles_nothing(setup, full_run, tmp_path):
+  """Two runs in fresh processes sharing a cache directory (XDG_CACHE_HOME): the first compiles and fills
+  $XDG_CACHE_HOME/liveedit_jax/jax_cache; the second reads every program from it, compiling none (no cache
+  miss), adds no entry, and writes the same frames as the first and as the in-process run."""
+  env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg"), "JAX_PLATFORMS": "cpu"}
+  cache = tmp_path / "xdg" / "liveedit_jax" / "jax_cache"
+  runs = []
+  for i in range(2):
+    args = [a for a in cli_args(setup, tmp_path / f"out{i}.rgb") if a != "--no-compile-cache"]
+    result = subprocess.run([sys.executable, "-c", _COUNTED_RUN, *args], capture_output=True, text=True,
+                            timeout=300, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, result.stderr
+    compiled = re.search(r"compiling .* chunks \(compilation cache: .*\): done in [\d.]+ s, (\d+) of 7 executables "
+                         r"compiled, (\d+) read from the cache", result.stderr)
+    runs.append((json.loads(result.stdout.splitlines()[-1]), compiled.groups(), sorted(cache.iterdir())))
+    np.testing.assert_array_equal(read_raw(tmp_path / f"out{i}.rgb"), full_run)
+  (cold, cold_line, cold_entries), (warm, warm_line, warm_entries) = runs
+  assert cold["misses"] > 0 and cold_line == ("7", "0") and cold_entries
+  assert warm["misses"] == 0 and warm["hits"] == warm["compiles"] > 0 and warm_line == ("0", "7")
+  assert warm_entries == cold_entries
 
 
 def test_killed_writer_leaves_playable_mp4(tmp_path):

@@ -4,10 +4,14 @@
     python -m liveedit_jax.bench e2e --dit-preset tiny --vae-preset tiny --height 32 --width 48 --frames 21 \\
         --dtype float32                                      # CPU smoke run
 
+    python -m liveedit_jax.bench e2e --sync-stages --prune 0.5   # the CLI's streaming and running options
+
 Writes random-weight checkpoints of the presets (speed does not depend on the weights), a random prompt embedding
 and a random raw rgb24 clip into a temporary directory, then runs the CLI on them (raw in, raw out, so no video
-codec is timed). The CLI's own per-chunk lines on stderr are the result: ms of encode / DiT / decode and the frame
-rate, chunk 0 including compilation.
+codec is timed) with the streaming and running options given here (those of `python -m liveedit_jax.stream`).
+The CLI's own lines on stderr are the result: the compile time of its steps (and how many the compilation cache
+answered), per chunk the frame rate, wall time and latency (with --sync-stages also the ms of encode / DiT /
+decode), and the summary's rate after chunk 0 and time to the first edited frame.
 """
 
 from __future__ import annotations
@@ -20,24 +24,33 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from liveedit_jax import stream
+from liveedit_jax import cli, stream
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import init_dit_params
 from liveedit_jax.param_io import save_params
 from liveedit_jax.vae import VAEConfig, init_vae_params
 
 
+def _as_argv(action: argparse.Action, args: argparse.Namespace) -> list[str]:
+  """The option `action` parsed into `args`, written back as command-line arguments."""
+  value = getattr(args, action.dest)
+  if action.nargs == 0:  # a flag
+    return [action.option_strings[0]] if value else []
+  return [action.option_strings[0], str(value)]
+
+
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m liveedit_jax.bench e2e")
+  parser = cli.ArgumentParser(prog="python -m liveedit_jax.bench e2e", description=__doc__)
   parser.add_argument("--dit-preset", default="liveedit-1.3b")
   parser.add_argument("--vae-preset", default="wan2.1-vae")
   parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
   parser.add_argument("--height", type=int, default=480)
   parser.add_argument("--width", type=int, default=832)
   parser.add_argument("--frames", type=int, default=81)
-  parser.add_argument("--prune", default="0.7")
-  parser.add_argument("--cache-on", default="self_attn")
+  groups = [stream.add_stream_options(parser.add_argument_group("streaming (as python -m liveedit_jax.stream)")),
+            stream.add_run_options(parser.add_argument_group("running (as python -m liveedit_jax.stream)"))]
   args = parser.parse_args(argv)
+  forwarded = [arg for group in groups for action in group._group_actions for arg in _as_argv(action, args)]
 
   dit = DiTConfig.preset(args.dit_preset, param_dtype=args.dtype, compute_dtype=args.dtype)
   vae = VAEConfig.preset(args.vae_preset, param_dtype=args.dtype, compute_dtype=args.dtype)
@@ -58,6 +71,6 @@ def main(argv: list[str] | None = None) -> None:
     stream.main(["--input", str(tmp / "in.rgb"), "--input-size", f"{args.width}x{args.height}",
                  "--output", str(tmp / "out.rgb"), "--dit", str(tmp / "dit"), "--vae", str(tmp / "vae"),
                  "--context", str(tmp / "context.npy"), "--height", str(args.height), "--width", str(args.width),
-                 "--dtype", args.dtype, "--prune", args.prune, "--cache-on", args.cache_on])
+                 "--dtype", args.dtype, *forwarded])
     frames = (tmp / "out.rgb").stat().st_size // (3 * args.height * args.width)
     print(f"device: {jax.devices()[0].device_kind}; output frames: {frames}", flush=True)
