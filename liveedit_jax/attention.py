@@ -15,7 +15,7 @@ Implementations (`impl`):
     unmasked calls, each query chunk against its key prefix (never a dense mask: a dense cuDNN mask is folded
     into a materialised bias and measured 3.6× slower than this loop on one H100, November 2026).
     `kv_length` maps to cuDNN's padding mask, which skips the invalid tiles.
-  - further implementations (the fused kernels of `kernels/`) register with `register_attention_impl`.
+  - further implementations (the fused kernels of `liveedit_kernels/`) register with `register_attention_impl`.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def attention_input_sharding(sharding: jax.sharding.Sharding) -> Iterator[None]:
 
 
 def register_attention_impl(name: str, fn: Callable) -> None:
-  """Adds an implementation `fn(q, k, v, mask: AttentionMask, kv_length) -> out` (used by `kernels/`)."""
+  """Adds an implementation `fn(q, k, v, mask: AttentionMask, kv_length) -> out` (used by `liveedit_kernels/`)."""
   _EXTRA_IMPLS[name] = fn
 
 

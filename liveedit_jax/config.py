@@ -81,8 +81,8 @@ class DiTConfig(PresetConfig):
   compute_dtype: str = "float32"  # matmul dtype; norms, modulation and residuals stay float32
   param_dtype: str = "float32"
   remat: bool = False  # rematerialise each block in the backward pass
-  # "auto": cuDNN on GPU, XLA elsewhere; "pallas": the measured fastest of kernels/ for the attention calls and the
-  # fused norms of liveedit_jax.fused (after kernels.dispatch.enable())
+  # "auto": cuDNN on GPU, XLA elsewhere; "pallas": the measured fastest of liveedit_kernels/ for the attention calls and
+  # the fused norms of liveedit_jax.fused (after liveedit_kernels.dispatch.enable())
   attention: AttentionImpl = "auto"
 
   def __post_init__(self):

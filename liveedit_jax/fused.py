@@ -6,8 +6,8 @@
 
 Each runs Wan's float32 math and returns the compute dtype. `impl` names an implementation family, the model's
 `DiTConfig.attention`: families without a fused version of an op (the built-in "auto", "xla", "cudnn") run the
-XLA reference here, and `kernels.dispatch.enable()` registers "pallas", which runs the jax-triton kernels of
-`kernels/` where they were measured faster.
+XLA reference here, and `liveedit_kernels.dispatch.enable()` registers "pallas", which runs the jax-triton kernels of
+`liveedit_kernels/` where they were measured faster.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ _IMPLS: dict[tuple[str, str], Callable] = {}
 
 
 def register_fused_impl(impl: str, op: FusedOp, fn: Callable) -> None:
-  """Adds `fn`, with `op`'s signature, as implementation family `impl`'s version of `op` (used by `kernels/`)."""
+  """Adds `fn`, with `op`'s signature, as implementation family `impl`'s version of `op`
+  (used by `liveedit_kernels/`)."""
   if op not in get_args(FusedOp):
     raise ValueError(f"unknown fused op {op!r}")
   _IMPLS[(impl, op)] = fn

@@ -19,8 +19,8 @@ once for the first chunk and once for the rest (concurrently, in a thread pool),
 stream of any length runs at constant memory and no chunk waits for a compile. The compiled programs are kept in
 JAX's persistent compilation cache, $XDG_CACHE_HOME/liveedit_jax/jax_cache (~/.cache/... without XDG_CACHE_HOME),
 so a second run reads them from disk instead of compiling (`--no-compile-cache`: neither read nor written).
-`--attention` picks the DiT's attention implementation (pallas: the kernels of kernels/ measured fastest on this
-GPU). A partial last chunk is padded by repeating its last frame and only its real frames are written. The prompt
+`--attention` picks the DiT's attention implementation (pallas: the kernels of liveedit_kernels/ measured fastest on
+this GPU). A partial last chunk is padded by repeating its last frame and only its real frames are written. The prompt
 is embedded once before streaming (through the prompt cache when given, so the 11 GB text encoder is loaded only
 on a miss and freed before the DiT loads), or a precomputed [1, L, text_dim] embedding is read (`--context`).
 
@@ -114,7 +114,7 @@ def add_run_options(group: argparse._ArgumentGroup) -> argparse._ArgumentGroup:
   liveedit_jax.bench e2e`; `main` applies them."""
   group.add_argument("--attention", choices=typing.get_args(AttentionImpl), default="auto",
                      help="the DiT's attention: auto is cuDNN on GPU and XLA elsewhere; pallas the measured fastest "
-                     "of kernels/ on this GPU")
+                     "of liveedit_kernels/ on this GPU")
   group.add_argument("--sync-stages", action="store_true",
                      help="wait for each stage of a chunk and give its ms (for profiling), instead of overlapping "
                      "reading, the device's work and writing")
@@ -606,9 +606,9 @@ def main(argv: list[str] | None = None) -> None:
   if not args.no_compile_cache:
     enable_compile_cache(compile_cache_dir())
   if args.attention == "pallas":
-    import kernels.dispatch  # noqa: PLC0415 (the GPU kernels load only when asked for)
+    import liveedit_kernels.dispatch  # noqa: PLC0415 (the GPU kernels load only when asked for)
 
-    kernels.dispatch.enable()
+    liveedit_kernels.dispatch.enable()
   cli.refuse_existing(args.output, args.overwrite)
   dit_config, vae_config, _ = default_model.check_models(args.models, args.height, args.width)
   input_size = parse_size(args.input_size) if args.input_size else None

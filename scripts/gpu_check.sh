@@ -50,16 +50,16 @@ for section in "${sections[@]}"; do
             --prune 0 0.5 0.7 0.9 --chunks 8 ;;
     vae) run bench_vae 240 python3 -m liveedit_jax.bench vae ;;
     hopper) run hopper_tests 300 python3 -m pytest -q -x -m gpu -p no:cacheprovider --tb=short tests/test_kernels_hopper.py
-            run bench_hopper 270 python3 -m kernels.bench --impls hopper,cudnn --only _ ;;
+            run bench_hopper 270 python3 -m liveedit_kernels.bench --impls hopper,cudnn --only _ ;;
     cycles) run ncu_cycles 300 bash -c '/usr/local/cuda/bin/ncu --clock-control none --csv --print-units base \
               --metrics gpu__time_duration.sum,sm__cycles_elapsed.max -k regex:entry_mosaic --log-file "$0" \
-              python3 -m kernels.bench --impls hopper --only _ --iters 3 >/dev/null' "$OUT/ncu_cycles.csv"
+              python3 -m liveedit_kernels.bench --impls hopper --only _ --iters 3 >/dev/null' "$OUT/ncu_cycles.csv"
             run ncu_summary 30 python3 scripts/ncu_summary.py "$OUT/ncu_cycles.csv" ;;
     triton) run triton_tests 240 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
               tests/test_kernels_adaln.py tests/test_kernels_rms_norm_rope.py
-            run bench_adaln 120 python3 -m kernels.bench --only adaln --iters 20
-            run bench_rms_norm_rope 120 python3 -m kernels.bench --only rms_norm_rope --iters 20 ;;
-    kernels) run bench_kernels 330 python3 -m kernels.bench --write-table "$OUT/measured_kernels.json" ;;
+            run bench_adaln 120 python3 -m liveedit_kernels.bench --only adaln --iters 20
+            run bench_rms_norm_rope 120 python3 -m liveedit_kernels.bench --only rms_norm_rope --iters 20 ;;
+    kernels) run bench_kernels 330 python3 -m liveedit_kernels.bench --write-table "$OUT/measured_kernels.json" ;;
     train) run bench_train 540 python3 -m liveedit_jax.bench train --stage 3 --config liveedit-1.3b ;;
     e2e) run bench_e2e 420 python3 -m liveedit_jax.bench e2e ;;
     recipe) run recipe 590 python3 -m train.recipe synth --workdir "${RECIPE_WORKDIR:-/tmp/synth}" ${RECIPE_ARGS:-}

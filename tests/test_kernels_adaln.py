@@ -1,4 +1,4 @@
-"""Fused adaLN modulation (kernels/adaln.py, jax-triton) against the model's XLA math."""
+"""Fused adaLN modulation (liveedit_kernels/adaln.py, jax-triton) against the model's XLA math."""
 
 import importlib.util
 import random
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.adaln import modulated_layer_norm
+from liveedit_kernels.adaln import modulated_layer_norm
 from liveedit_jax.fused import modulated_layer_norm_reference
 from tests.numerics import BF16_RTOL, rel_err
 

@@ -1,4 +1,4 @@
-"""Block-sparse flash attention and routed attention (kernels/) against the XLA reference.
+"""Block-sparse flash attention and routed attention (liveedit_kernels/) against the XLA reference.
 
 CPU: the Pallas kernels run in interpret mode at a few chunks of 40–100 tokens, lengths that are not multiples of
 the tiles, with every output poisoned (NaN) before the kernels write. GPU (`gpu` marker): the real shapes.
@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import common, mask_tiles
-from kernels.flash_attention import SMALL_BLOCKS, BlockSizes, flash_attention, flash_attention_reference
-from kernels.routed_attention import routed_attention, routed_attention_reference
+from liveedit_kernels import common, mask_tiles
+from liveedit_kernels.flash_attention import SMALL_BLOCKS, BlockSizes, flash_attention, flash_attention_reference
+from liveedit_kernels.routed_attention import routed_attention, routed_attention_reference
 from liveedit_jax.attention import FULL, AttentionMask, attention
 from tests.numerics import BF16_RTOL, FP32_RTOL, rel_err
 

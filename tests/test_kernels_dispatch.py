@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import bench, dispatch
+from liveedit_kernels import bench, dispatch
 from liveedit_jax import attention as attention_mod
 from liveedit_jax import fused
 from liveedit_jax.attention import AttentionMask, attention, attention_reference
@@ -118,7 +118,8 @@ def test_dit_config_selects_pallas():
 
 
 def test_bench_smoke(tmp_path):
-  """`python -m kernels.bench --interpret --small` on one case: the kernel runs, matches XLA, the table is written."""
+  """`python -m liveedit_kernels.bench --interpret --small` on one case: the kernel runs, matches XLA,
+  the table is written."""
   out = tmp_path / "table.json"
   results = bench.main(["--interpret", "--small", "--iters", "1", "--only", "chunk_causal fwd+bwd",
                         "--write-table", str(out)])

@@ -1,4 +1,4 @@
-"""Fused q/k RMSNorm + RoPE (kernels/rms_norm_rope.py, jax-triton) against the model's XLA math."""
+"""Fused q/k RMSNorm + RoPE (liveedit_kernels/rms_norm_rope.py, jax-triton) against the model's XLA math."""
 
 import functools
 import importlib.util
@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import dispatch
-from kernels.common import with_reference_gradient
-from kernels.rms_norm_rope import rms_norm_rope
+from liveedit_kernels import dispatch
+from liveedit_kernels.common import with_reference_gradient
+from liveedit_kernels.rms_norm_rope import rms_norm_rope
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import Block, dit_forward, frame_rope, init_dit_params
 from liveedit_jax.fused import rms_norm_rope_reference

@@ -3,7 +3,8 @@
     python -m liveedit_jax.bench stream                          # liveedit-1.3b, bf16, 480×832, 3-frame chunks
     python -m liveedit_jax.bench stream --prune 0 0.5 0.7 0.9 --cache-on self_attn ffn --static-kv recompute reuse
     python -m liveedit_jax.bench stream --config tiny --height 64 --width 64   # CPU smoke run
-    python -m liveedit_jax.bench stream --attention pallas       # the kernels of kernels/, where measured faster
+    python -m liveedit_jax.bench stream --attention pallas       # the kernels of liveedit_kernels/,
+                                                                 # where measured faster
 
 Random weights (speed does not depend on them). One JSON line per variant (`process_peak_gib` is the peak since
 the process started, so run a variant alone for its own peak); FPS counts 4 video frames per latent
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--config", default="liveedit-1.3b")
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn", "pallas"],
-                      help="pallas: kernels.dispatch.enable() (this GPU's measured table) first")
+                      help="pallas: liveedit_kernels.dispatch.enable() (this GPU's measured table) first")
   parser.add_argument("--height", type=int, default=480, help="video height (latent = /8)")
   parser.add_argument("--width", type=int, default=832)
   parser.add_argument("--cache-frames", type=int, default=18)
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
 
   if args.attention == "pallas":
-    import kernels.dispatch
-    kernels.dispatch.enable()
+    import liveedit_kernels.dispatch
+    liveedit_kernels.dispatch.enable()
   config = DiTConfig.preset(args.config, compute_dtype=args.dtype, param_dtype=args.dtype, attention=args.attention)
   params = init_dit_params(config, jax.random.key(0))
   latent_hw = (args.height // 8, args.width // 8)

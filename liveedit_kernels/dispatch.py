@@ -1,19 +1,19 @@
 """The "pallas" implementation family: per case, the fastest path measured on this kind of GPU.
 
-    import kernels.dispatch
-    kernels.dispatch.enable()      # registers "pallas" with liveedit_jax.attention and liveedit_jax.fused
+    import liveedit_kernels.dispatch
+    liveedit_kernels.dispatch.enable()      # registers "pallas" with liveedit_jax.attention and liveedit_jax.fused
     cfg = DiTConfig.preset("liveedit-1.3b", attention="pallas")
 
 A hand-written kernel earns its place only where it beats what JAX already has, so the choice is data: a table of
 measured milliseconds per case and implementation for this kind of GPU (`measured_h200.json` on an H200,
-`measured_h100.json` elsewhere; written by `python -m kernels.bench --write-table`), and `Policy.choose` takes the
-fastest measured implementation that can run the call. An implementation without a measurement is never preferred
+`measured_h100.json` elsewhere; written by `python -m liveedit_kernels.bench --write-table`), and `Policy.choose` takes
+the fastest measured implementation that can run the call. An implementation without a measurement is never preferred
 over one with a measurement; with none measured, cuDNN (half precision) or XLA runs. Off GPU everything falls back
 to the XLA reference.
 
-Implementations: "hopper" (kernels.hopper_attention, Mosaic GPU, sm90, static masks), "triton"
-(kernels.flash_attention; for the fused norms the jax-triton kernels kernels.adaln and kernels.rms_norm_rope),
-"cudnn", "xla".
+Implementations: "hopper" (liveedit_kernels.hopper_attention, Mosaic GPU, sm90, static masks), "triton"
+(liveedit_kernels.flash_attention; for the fused norms the jax-triton kernels liveedit_kernels.adaln and
+liveedit_kernels.rms_norm_rope), "cudnn", "xla".
 
 Cases (the calls the model makes):
   chunk_causal, teacher_forcing   training masks; ranked by forward+backward time
@@ -21,10 +21,10 @@ Cases (the calls the model makes):
   full_kv_length                  a streaming chunk against a fixed-size KV buffer with valid lengths (forward)
   cross                           text cross-attention, ≤ 1,024 keys (forward)
   adaln, rms_norm_rope            liveedit_jax.fused's modulated_layer_norm and rms_norm_rope (the block's
-                                  adaLN inputs; its q and k), through `kernels.adaln`, `kernels.rms_norm_rope`;
-                                  ranked by forward time (their backward is XLA's either way, and measured as
-                                  fast as XLA's own gradient)
-  routed                          not an attention() call: `kernels.routed_attention`, for callers that choose
+                                  adaLN inputs; its q and k), through `liveedit_kernels.adaln`,
+                                  `liveedit_kernels.rms_norm_rope`; ranked by forward time (their backward is XLA's
+                                  either way, and measured as fast as XLA's own gradient)
+  routed                          not an attention() call: `liveedit_kernels.routed_attention`, for callers that choose
                                   with `policy().choose(...)`
 """
 
@@ -39,9 +39,9 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from kernels import adaln, rms_norm_rope
-from kernels.flash_attention import flash_attention
-from kernels.hopper_attention import hopper_attention
+from liveedit_kernels import adaln, rms_norm_rope
+from liveedit_kernels.flash_attention import flash_attention
+from liveedit_kernels.hopper_attention import hopper_attention
 from liveedit_jax.attention import AttentionMask, attention, register_attention_impl
 from liveedit_jax.fused import register_fused_impl
 
@@ -133,14 +133,15 @@ def _triton_candidates(dtype_ok: bool) -> tuple[str, ...]:
 
 def pallas_modulated_layer_norm(x: jax.Array, shift: jax.Array, scale: jax.Array, *, eps: float,
                                 out_dtype) -> jax.Array:
-  """`liveedit_jax.fused.modulated_layer_norm(..., impl="pallas")`: kernels.adaln where measured faster."""
+  """`liveedit_jax.fused.modulated_layer_norm(..., impl="pallas")`: liveedit_kernels.adaln where measured faster."""
   impl = policy().choose("adaln", _triton_candidates(True), "xla")
   return adaln.modulated_layer_norm(x, shift, scale, eps=eps, out_dtype=out_dtype, implementation=impl)
 
 
 def pallas_rms_norm_rope(x: jax.Array, scale: jax.Array, cos: jax.Array, sin: jax.Array, *, num_heads: int,
                          eps: float) -> jax.Array:
-  """`liveedit_jax.fused.rms_norm_rope(..., impl="pallas")`: kernels.rms_norm_rope (bf16) where measured faster."""
+  """`liveedit_jax.fused.rms_norm_rope(..., impl="pallas")`:
+  liveedit_kernels.rms_norm_rope (bf16) where measured faster."""
   impl = policy().choose("rms_norm_rope", _triton_candidates(x.dtype == jnp.bfloat16), "xla")
   return rms_norm_rope.rms_norm_rope(x, scale, cos, sin, num_heads=num_heads, eps=eps, implementation=impl)
 

@@ -5,7 +5,7 @@
 LiveEdit's mask cache (liveedit_jax/mask_cache.py) recomputes self-attention only for the active tokens of a chunk
 and takes the others' output from a cache. Done in XLA that is a gather, an attention and a scatter, each a pass
 over memory; here one kernel reads the active query rows by index, runs the flash forward of
-`kernels.flash_attention` over the valid keys and writes each output row at its index into the cache buffer,
+`liveedit_kernels.flash_attention` over the valid keys and writes each output row at its index into the cache buffer,
 which is aliased to the output (rows not active are never touched).
 
 Shapes: q [B, T, N, E] (gather_q=True: rows active_idx are read) or [B, A, N, E] (gather_q=False: already the
@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from kernels import common, mask_tiles
-from kernels.flash_attention import BlockSizes, online_softmax
+from liveedit_kernels import common, mask_tiles
+from liveedit_kernels.flash_attention import BlockSizes, online_softmax
 from liveedit_jax.attention import attention_reference
 
 Implementation = Literal["triton", "xla"]

@@ -1,6 +1,6 @@
 """Fused adaLN modulation, a jax-triton kernel: y = LayerNorm(x) · (1 + scale) + shift, fp32 math, bf16 out.
 
-    impl = kernels.dispatch.policy().choose("adaln", ("triton", "xla"), "xla")
+    impl = liveedit_kernels.dispatch.policy().choose("adaln", ("triton", "xla"), "xla")
     u = modulated_layer_norm(x, shift, scale, implementation=impl)
 
 Every Wan block computes this twice before its self-attention and FFN projections
@@ -8,8 +8,8 @@ Every Wan block computes this twice before its self-attention and FFN projection
 `feed_forward_input`): x [B, F, P, D] float32 residual stream, shift and scale
 [B, F, 1, D] float32 per frame. The kernel reads each row of x once, keeps it in registers for both statistics and
 the modulation, and writes the compute dtype directly. XLA on an H200 also makes it one fusion, so the two are
-within noise of each other: 0.77-1.12x XLA's speed over eight measurements (`python -m kernels.bench --only adaln`,
-docs/benchmarks.md); the dispatch table picks whichever measured faster.
+within noise of each other: 0.77-1.12x XLA's speed over eight measurements (`python -m liveedit_kernels.bench --only
+adaln`, docs/benchmarks.md); the dispatch table picks whichever measured faster.
 
 jax-triton needs JAX ≥ 0.11 (the `gpu` extra), so it is imported on first use only.
 """
@@ -22,7 +22,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from kernels.common import jax_triton_modules, with_reference_gradient
+from liveedit_kernels.common import jax_triton_modules, with_reference_gradient
 from liveedit_jax.fused import modulated_layer_norm_reference
 
 Implementation = Literal["triton", "xla"]

@@ -4,7 +4,7 @@
     out = flash_attention(q, k, v, FULL, kv_length=lengths)                       # fixed-size KV cache
 
 Forward and backward (`jax.custom_vjp`) skip every fully masked tile: the static mask gives, per q tile, the runs
-of kv tiles it sees and, per kv tile, the runs of q tiles that see it (`kernels.mask_tiles`, numpy constants);
+of kv tiles it sees and, per kv tile, the runs of q tiles that see it (`liveedit_kernels.mask_tiles`, numpy constants);
 only tiles cut by a mask edge are masked elementwise. This is what cuDNN cannot do for these masks (a dense cuDNN
 mask is a materialised bias, 91.5 ms fwd+bwd at 32,760 tokens) and what tokamax's Hopper backward does not do
 (43.8 ms, no skipping), both measured on one H100 in November 2026.
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from kernels import common, mask_tiles
+from liveedit_kernels import common, mask_tiles
 from liveedit_jax.attention import FULL, AttentionMask, attention_reference
 
 Implementation = Literal["triton", "xla"]
@@ -47,7 +47,7 @@ class BlockSizes:
   The forward holds a [block_q, E] query tile and streams [block_k, E] key tiles; dQ holds block_q_dq queries and
   streams block_kv_dq keys; dK/dV holds block_kv_dkv keys and streams block_q_dkv queries. The defaults follow the
   Triton fused-attention tutorial's H100 choice (128×64 forward; 128×32 / 32×128 backward); they are not tuned
-  for our shapes (`python -m kernels.bench --sweep` measures alternatives).
+  for our shapes (`python -m liveedit_kernels.bench --sweep` measures alternatives).
   """
 
   block_q: int = 128

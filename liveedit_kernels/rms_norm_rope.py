@@ -1,6 +1,6 @@
 """q/k RMSNorm fused with Wan's 3-D RoPE, a jax-triton kernel: a projection in, its roped heads out.
 
-    impl = kernels.dispatch.policy().choose("rms_norm_rope", ("triton", "xla"), "xla")
+    impl = liveedit_kernels.dispatch.policy().choose("rms_norm_rope", ("triton", "xla"), "xla")
     q = rms_norm_rope(q_proj, q_scale, cos, sin, num_heads=12, implementation=impl)
 
 Wan's self-attention normalises q and k over the full width (RMSNorm with a learned scale), splits heads and rotates
@@ -24,7 +24,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from kernels.common import jax_triton_modules, with_reference_gradient
+from liveedit_kernels.common import jax_triton_modules, with_reference_gradient
 from liveedit_jax.fused import rms_norm_rope_reference
 
 Implementation = Literal["triton", "xla"]

@@ -1,4 +1,4 @@
-"""What the kernels in `kernels/` share: the Triton backend and jax-triton imports, padding, output poisoning.
+"""What the kernels in `liveedit_kernels/` share: the Triton backend and jax-triton imports, padding, output poisoning.
 
 The Pallas Triton backend (`jax.experimental.pallas.triton`) is present in JAX 0.10 and 0.11; 0.11 deprecates it.
 A `pallas_call` runs on it when given its `CompilerParams`; without them JAX ≥ 0.9 would pick Mosaic GPU.

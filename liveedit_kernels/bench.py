@@ -1,13 +1,14 @@
-"""Benchmark of the kernels beside cuDNN, tokamax and XLA at the model's shapes: `python -m kernels.bench`.
+"""Benchmark of the kernels beside cuDNN, tokamax and XLA at the model's shapes: `python -m liveedit_kernels.bench`.
 
-    python -m kernels.bench                                          # GPU: all cases, JSON lines, then a table
-    python -m kernels.bench --write-table kernels/measured_h100.json # and record the dispatch table
-    python -m kernels.bench --sweep                                  # and a block-size sweep (chunk-causal)
-    python -m kernels.bench --interpret --small                      # CPU smoke test: interpret mode, tiny shapes
+    python -m liveedit_kernels.bench                                          # GPU: all cases, JSON lines, then a table
+    python -m liveedit_kernels.bench --write-table liveedit_kernels/measured_h100.json # and record the dispatch table
+    python -m liveedit_kernels.bench --sweep                                  # and a block-size sweep (chunk-causal)
+    python -m liveedit_kernels.bench --interpret --small                      # CPU smoke test: interpret mode,
+                                                                              # tiny shapes
 
-Implementations: ours ("hopper": kernels.hopper_attention, sm90 only; "triton": kernels.flash_attention, and the
-jax-triton kernels kernels.adaln and kernels.rms_norm_rope for the memory-bound cases) beside
-cuDNN, tokamax and XLA; `--impls hopper,cudnn` runs a subset.
+Implementations: ours ("hopper": liveedit_kernels.hopper_attention, sm90 only; "triton":
+liveedit_kernels.flash_attention, and the jax-triton kernels liveedit_kernels.adaln and liveedit_kernels.rms_norm_rope
+for the memory-bound cases) beside cuDNN, tokamax and XLA; `--impls hopper,cudnn` runs a subset.
 
 Shapes (B = 1, 12 heads, head dim 128, bf16; one chunk C = 4,680 tokens = 3 latent frames at 480×832):
 chunk-causal at 32,760 tokens and teacher forcing at 65,520, forward and forward+backward; a streaming chunk of
@@ -40,15 +41,15 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from kernels import adaln, common, dispatch, mask_tiles, rms_norm_rope
-from kernels.flash_attention import SMALL_BLOCKS, BlockSizes, flash_attention
-from kernels.hopper_attention import HopperBlocks, hopper_attention
-from kernels.routed_attention import routed_attention, routed_attention_reference
+from liveedit_kernels import adaln, common, dispatch, mask_tiles, rms_norm_rope
+from liveedit_kernels.flash_attention import SMALL_BLOCKS, BlockSizes, flash_attention
+from liveedit_kernels.hopper_attention import HopperBlocks, hopper_attention
+from liveedit_kernels.routed_attention import routed_attention, routed_attention_reference
 from liveedit_jax.attention import FULL, AttentionMask, attention
 from liveedit_jax.bench.timing import time_interleaved
 
 BASELINES = ("cudnn", "tokamax_mosaic", "xla")
-OURS = ("hopper", "triton")  # the kernels of kernels/
+OURS = ("hopper", "triton")  # the kernels of liveedit_kernels/
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,14 +398,14 @@ def write_table(path: str, all_results: dict[str, dict[str, dict]], case_list: l
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
-  parser = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m liveedit_kernels.bench", description=__doc__.splitlines()[0])
   parser.add_argument("--interpret", action="store_true", help="Pallas interpret mode (CPU smoke test)")
   parser.add_argument("--small", action="store_true", help="tiny shapes (with --interpret on CPU)")
   parser.add_argument("--iters", type=int, default=10)
   parser.add_argument("--only", default="", help="run only cases whose name contains this")
   parser.add_argument("--impls", default="", help="comma-separated implementations to run (default: all)")
   parser.add_argument("--sweep", action="store_true", help="also time the block sizes in SWEEP (chunk-causal)")
-  parser.add_argument("--write-table", default="", help="write the dispatch table (kernels/dispatch.py) here")
+  parser.add_argument("--write-table", default="", help="write the dispatch table (liveedit_kernels/dispatch.py) here")
   args = parser.parse_args(argv)
   blocks = SMALL_BLOCKS if args.small else BlockSizes()
   emit = lambda row: print(json.dumps(row), flush=True)  # noqa: E731
@@ -437,7 +438,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
   for line in targets(all_results):
     print(line)
   if args.write_table:
-    write_table(args.write_table, all_results, case_list, "python -m kernels.bench " + " ".join(argv or sys.argv[1:]))
+    write_table(args.write_table, all_results, case_list,
+                "python -m liveedit_kernels.bench " + " ".join(argv or sys.argv[1:]))
     print(f"wrote {args.write_table}")
   return all_results
 

@@ -2,7 +2,7 @@
 
     out = hopper_attention(q, k, v, AttentionMask("chunk_causal", 4680))      # q, k, v [B, T, N, E], bf16
 
-The masks of `kernels.flash_attention` (full, chunk_causal, teacher_forcing) with the FlashAttention-3 layout:
+The masks of `liveedit_kernels.flash_attention` (full, chunk_causal, teacher_forcing) with the FlashAttention-3 layout:
 
   forward   CTA = 2 compute warpgroups × 64 query rows + 1 TMA warpgroup that streams [128, E] K and V tiles
             through a ring of SMEM stages. QKᵀ and PV on wgmma, exp2 online softmax in fp32 (the scale folded
@@ -54,7 +54,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from kernels import common
+from liveedit_kernels import common
 from liveedit_jax.attention import FULL, AttentionMask
 
 _LOG2E = math.log2(math.e)
@@ -574,7 +574,8 @@ def hopper_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMa
   blocks = blocks or HopperBlocks()
   if jax.default_backend() != "gpu":
     raise RuntimeError(f"hopper_attention runs on an sm90 GPU (H100/H200), not on {jax.default_backend()!r}; "
-                       "use kernels.flash_attention (interpret mode) or liveedit_jax.attention with impl='xla'")
+                       "use liveedit_kernels.flash_attention (interpret mode) or liveedit_jax.attention "
+                       "with impl='xla'")
   if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
     raise ValueError(f"hopper_attention expects q [B, T, N, E] and k, v [B, S, N, E]; got q {q.shape}, "
                      f"k {k.shape}, v {v.shape}")

@@ -9,7 +9,7 @@
   rms_norm_rope      q/k RMSNorm + 3-D RoPE fused, both projections in one pass (jax-triton, optional GPU extra)
   mask_tiles        the static masks as per-row key intervals and per-tile loop plans
   dispatch          `enable()` registers attention impl "pallas": the fastest measured path per case
-  bench             `python -m kernels.bench`: the measurements that table is made of
+  bench             `python -m liveedit_kernels.bench`: the measurements that table is made of
 
-Nothing here is imported by liveedit_jax; `kernels.dispatch.enable()` plugs the kernels in.
+Nothing here is imported by liveedit_jax; `liveedit_kernels.dispatch.enable()` plugs the kernels in.
 """
