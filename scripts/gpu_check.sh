@@ -16,7 +16,10 @@
 #                                          short autoencoder variants (scripts/autoencoder_sweep.py)
 #
 # Runs from the repository root with the device's own JAX (no install); optional wheels in .whl/ (jax-triton;
-# tokamax with the dependencies the image lacks, docs/benchmarks.md, fifth session) are installed into /tmp/site
+# tokamax with the dependencies the image lacks, docs/benchmarks.md, fifth session; for the recipe, stream and
+# evaluate sections the project's dependencies the image lacks: grain, array_record, portpicker, tensorboardX, ftfy,
+# wcwidth, e.g. `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64
+# --platform any grain array_record portpicker tensorboardX ftfy wcwidth -d .whl`) are installed into /tmp/site
 # first (see the device README). Each section has its own time limit so one slow section does not
 # lose the others' results.
 set -u
