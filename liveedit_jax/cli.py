@@ -155,7 +155,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
   def add_argument(self, *args, **kwargs):
     # argparse formats no help line for an option without help text, so its default would stay hidden.
-    if kwargs.get("help") is None and kwargs.get("default") not in (None, False, argparse.SUPPRESS):
+    if kwargs.get("help") is None and not any(kwargs.get("default") is v for v in (None, False, argparse.SUPPRESS)):
       kwargs["help"] = "(default: %(default)s)"
     return super().add_argument(*args, **kwargs)
 

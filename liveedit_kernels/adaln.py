@@ -22,8 +22,8 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from liveedit_kernels.common import jax_triton_modules, with_reference_gradient
 from liveedit_jax.fused import modulated_layer_norm_reference
+from liveedit_kernels.common import jax_triton_modules, with_reference_gradient
 
 Implementation = Literal["triton", "xla"]
 _ROWS_PER_PROGRAM = 4  # tokens per Triton program: [4, D] tiles keep more loads in flight than one row each

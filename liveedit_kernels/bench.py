@@ -27,7 +27,6 @@ Outputs are compared with the first baseline that ran (cuDNN, else XLA).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import functools
@@ -41,12 +40,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from liveedit_jax import cli
+from liveedit_jax.attention import FULL, AttentionMask, attention
+from liveedit_jax.bench.timing import time_interleaved
 from liveedit_kernels import adaln, common, dispatch, mask_tiles, rms_norm_rope
 from liveedit_kernels.flash_attention import SMALL_BLOCKS, BlockSizes, flash_attention
 from liveedit_kernels.hopper_attention import HopperBlocks, hopper_attention
 from liveedit_kernels.routed_attention import routed_attention, routed_attention_reference
-from liveedit_jax.attention import FULL, AttentionMask, attention
-from liveedit_jax.bench.timing import time_interleaved
 
 BASELINES = ("cudnn", "tokamax_mosaic", "xla")
 OURS = ("hopper", "triton")  # the kernels of liveedit_kernels/
@@ -398,7 +398,7 @@ def write_table(path: str, all_results: dict[str, dict[str, dict]], case_list: l
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
-  parser = argparse.ArgumentParser(prog="python -m liveedit_kernels.bench", description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(prog="python -m liveedit_kernels.bench", description=__doc__.splitlines()[0])
   parser.add_argument("--interpret", action="store_true", help="Pallas interpret mode (CPU smoke test)")
   parser.add_argument("--small", action="store_true", help="tiny shapes (with --interpret on CPU)")
   parser.add_argument("--iters", type=int, default=10)
@@ -445,4 +445,4 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

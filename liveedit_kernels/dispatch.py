@@ -39,11 +39,11 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from liveedit_jax.attention import AttentionMask, attention, register_attention_impl
+from liveedit_jax.fused import register_fused_impl
 from liveedit_kernels import adaln, rms_norm_rope
 from liveedit_kernels.flash_attention import flash_attention
 from liveedit_kernels.hopper_attention import hopper_attention
-from liveedit_jax.attention import AttentionMask, attention, register_attention_impl
-from liveedit_jax.fused import register_fused_impl
 
 TABLE = Path(__file__).with_name("measured_h100.json")
 TABLES = {"H200": Path(__file__).with_name("measured_h200.json"), "H100": TABLE}  # device-kind substring → table

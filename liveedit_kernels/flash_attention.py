@@ -33,8 +33,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from liveedit_kernels import common, mask_tiles
 from liveedit_jax.attention import FULL, AttentionMask, attention_reference
+from liveedit_kernels import common, mask_tiles
 
 Implementation = Literal["triton", "xla"]
 _LOG2E = math.log2(math.e)

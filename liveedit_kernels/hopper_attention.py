@@ -54,8 +54,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from liveedit_kernels import common
 from liveedit_jax.attention import FULL, AttentionMask
+from liveedit_kernels import common
 
 _LOG2E = math.log2(math.e)
 _MASKED = -1e30  # a masked logit: finite, so a row whose first visited tile is all masked gets no NaN

@@ -24,8 +24,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from liveedit_kernels.common import jax_triton_modules, with_reference_gradient
 from liveedit_jax.fused import rms_norm_rope_reference
+from liveedit_kernels.common import jax_triton_modules, with_reference_gradient
 
 Implementation = Literal["triton", "xla"]
 _TOKENS_PER_PROGRAM = 8  # with 4 warps: 0.081-0.092 ms at 32,760 × 1,536 on an H200; 2 × 4, 4 × 8: 0.095-0.108

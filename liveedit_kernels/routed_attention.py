@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from liveedit_jax.attention import attention_reference
 from liveedit_kernels import common, mask_tiles
 from liveedit_kernels.flash_attention import BlockSizes, online_softmax
-from liveedit_jax.attention import attention_reference
 
 Implementation = Literal["triton", "xla"]
 

@@ -1,4 +1,4 @@
-"""The training and converter CLIs turn user mistakes into one line on stderr with a non-zero exit status (no
+"""The training, converter and benchmark CLIs turn user mistakes into one line on stderr with a non-zero exit status (no
 traceback unless --debug or LIVEEDIT_DEBUG=1), and their --help shows the real defaults.
 
 Each row runs the CLI's `main` through `liveedit_jax.cli.run`, the wrapper its `__main__` uses; a few rows also run
@@ -21,6 +21,10 @@ import convert.taehv  # noqa: F401
 import convert.umt5  # noqa: F401
 import convert.wan_dit  # noqa: F401
 import convert.wan_vae  # noqa: F401
+import liveedit_jax.bench.__main__  # noqa: F401
+import liveedit_jax.bench.stream  # noqa: F401
+import liveedit_jax.bench.vae  # noqa: F401
+import liveedit_kernels.bench  # noqa: F401
 import train.autoencoder
 import train.loss_curves  # noqa: F401
 import train.prepare_data  # noqa: F401
@@ -116,6 +120,16 @@ ROWS = {
     "wan_dit-unknown-format": ("convert.wan_dit", ["--src", "{tmp}/dit.safetensors", "--dst", "{tmp}/out",
                                                    "--format", "onnx"], USAGE,
                                ["argument --format: invalid choice: 'onnx'"]),
+    # python -m liveedit_jax.bench NAME ..., python -m liveedit_kernels.bench
+    "bench-unknown-name": ("liveedit_jax.bench.__main__", ["fastest"], USAGE,
+                           ["argument name: invalid choice: 'fastest'", "'stream'"]),
+    "bench-no-name": ("liveedit_jax.bench.__main__", [], USAGE, ["the following arguments are required: name"]),
+    "bench-vae-bad-dtype": ("liveedit_jax.bench.__main__", ["vae", "--dtype", "fp8"], USAGE,
+                            ["argument --dtype: invalid choice: 'fp8'", "python -m liveedit_jax.bench vae --help"]),
+    "bench-stream-not-an-int": ("liveedit_jax.bench.stream", ["--height", "tall"], USAGE,
+                                ["argument --height: invalid int value: 'tall'"]),
+    "kernels-bench-not-an-int": ("liveedit_kernels.bench", ["--iters", "many"], USAGE,
+                                 ["argument --iters: invalid int value: 'many'"]),
     # convert.umt5
     "umt5-not-umt5": ("convert.umt5", ["--src", "{tmp}/vae.safetensors", "--dst", "{tmp}/out"], USER,
                       ["{tmp}/vae.safetensors: not a umT5 encoder checkpoint",
@@ -127,7 +141,8 @@ ROWS = {
                         ["{tmp}/exists exists; pass --overwrite to replace it"]),
 }
 # Rows that also run as `python -m <cli>`: one per family, and the converters' multi-line key report.
-SUBPROCESS_ROWS = ("stage1-missing-data-dir", "prepare_data-out-exists", "taehv-wrong-keys", "wan_dit-wrong-keys")
+SUBPROCESS_ROWS = ("stage1-missing-data-dir", "prepare_data-out-exists", "taehv-wrong-keys", "wan_dit-wrong-keys",
+                   "bench-unknown-name")
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from liveedit_kernels.adaln import modulated_layer_norm
 from liveedit_jax.fused import modulated_layer_norm_reference
+from liveedit_kernels.adaln import modulated_layer_norm
 from tests.numerics import BF16_RTOL, rel_err
 
 

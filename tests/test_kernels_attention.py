@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from liveedit_jax.attention import FULL, AttentionMask, attention
 from liveedit_kernels import common, mask_tiles
 from liveedit_kernels.flash_attention import SMALL_BLOCKS, BlockSizes, flash_attention, flash_attention_reference
 from liveedit_kernels.routed_attention import routed_attention, routed_attention_reference
-from liveedit_jax.attention import FULL, AttentionMask, attention
 from tests.numerics import BF16_RTOL, FP32_RTOL, rel_err
 
 C_REAL = 4680  # one chunk at the real size: 3 latent frames × 30 × 52 tokens at 480×832

@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from liveedit_kernels import bench, dispatch
 from liveedit_jax import attention as attention_mod
 from liveedit_jax import fused
 from liveedit_jax.attention import AttentionMask, attention, attention_reference
 from liveedit_jax.bench.timing import time_interleaved
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import dit_forward, init_dit_params
+from liveedit_kernels import bench, dispatch
 from tests.numerics import BF16_RTOL
 
 

@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from liveedit_jax.attention import FULL, AttentionMask, attention
 from liveedit_kernels import common, dispatch
 from liveedit_kernels.flash_attention import flash_attention_reference
 from liveedit_kernels.hopper_attention import (HopperBlocks, _from_view, _padded_rows, _to_view, geometry,
                                                hopper_attention)
-from liveedit_jax.attention import FULL, AttentionMask, attention
 from tests.numerics import BF16_RTOL, rel_err
 
 C_REAL = 4680

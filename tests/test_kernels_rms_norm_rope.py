@@ -10,14 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from liveedit_kernels import dispatch
-from liveedit_kernels.common import with_reference_gradient
-from liveedit_kernels.rms_norm_rope import rms_norm_rope
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import Block, dit_forward, frame_rope, init_dit_params
 from liveedit_jax.fused import rms_norm_rope_reference
 from liveedit_jax.layers import rms_normalize
 from liveedit_jax.rope import apply_rope
+from liveedit_kernels import dispatch
+from liveedit_kernels.common import with_reference_gradient
+from liveedit_kernels.rms_norm_rope import rms_norm_rope
 from tests.numerics import BF16_RTOL, FP32_RTOL, rel_err
 
 

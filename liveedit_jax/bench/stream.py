@@ -13,7 +13,6 @@ frame (the VAE's temporal stride), as the PyTorch reference's 318 ms/chunk = 37.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import time
@@ -21,6 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from liveedit_jax import cli
 from liveedit_jax.bench.timing import peak_memory_gib
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import init_dit_params
@@ -71,7 +71,7 @@ def run_variant(config: DiTConfig, params, options: StreamConfig, latent_hw, chu
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m liveedit_jax.bench stream")
+  parser = cli.ArgumentParser(prog="python -m liveedit_jax.bench stream", description=__doc__)
   parser.add_argument("--config", default="liveedit-1.3b")
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn", "pallas"],
@@ -112,4 +112,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

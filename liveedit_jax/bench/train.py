@@ -19,13 +19,13 @@ measurement, then a table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
 import jax
 
+from liveedit_jax import cli
 from liveedit_jax.bench.timing import peak_memory_gib
 from train import sharding, step as train_step
 from train.configs import TRAIN_PRESETS, TrainConfig
@@ -45,8 +45,7 @@ def _random_batch(config: TrainConfig, mesh: jax.sharding.Mesh) -> dict[str, jax
 
 
 def main(argv: list[str]) -> None:
-  parser = argparse.ArgumentParser(prog="python -m liveedit_jax.bench train", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m liveedit_jax.bench train", description=__doc__)
   parser.add_argument("--stage", type=int, choices=(1, 2, 3), default=3)
   parser.add_argument("--config", choices=sorted(TRAIN_PRESETS), default="liveedit-1.3b")
   parser.add_argument("--frames", type=int, default=21, help="latent frames")

@@ -12,20 +12,19 @@ per measurement, then a table.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 
 import jax
 import jax.numpy as jnp
 
+from liveedit_jax import cli
 from liveedit_jax.bench.timing import compile_seconds, peak_memory_gib, time_call
 from liveedit_jax.vae import VAEConfig, init_vae_params, init_vae_stream, vae_decode_step, vae_encode_step
 
 
 def main(argv: list[str]) -> None:
-  parser = argparse.ArgumentParser(prog="python -m liveedit_jax.bench vae", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m liveedit_jax.bench vae", description=__doc__)
   parser.add_argument("--tiny", action="store_true", help="tiny preset, float32, 64×64 unless given")
   parser.add_argument("--height", type=int, help="pixels, a multiple of 8 (default 480; 64 with --tiny)")
   parser.add_argument("--width", type=int, help="pixels, a multiple of 8 (default 832; 64 with --tiny)")
