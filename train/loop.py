@@ -119,10 +119,14 @@ def train(config: TrainConfig, *, stop_at: int | None = None) -> list[dict[str, 
   if start is not None:
     state = checkpoints.restore(start, abstract, data.restore_args())
     log.info("resumed from %s at step %d", workdir / "checkpoints", start)
+  else:
+    sources = [f"{f} {getattr(config, f)}" for f in ("init", "score_init") if getattr(config, f)]
+    log.info("starting at step 0 from %s", ", ".join(sources) if sources else f"a random init (seed {config.seed})")
   log.info("%.1f%% of the trained parameter bytes are sharded over fsdp=%d",
            100 * sharding.sharded_fraction(state.params, jax.tree.map(lambda a: a.sharding, state.params)),
            mesh.shape["fsdp"])
 
+  log.info("compiling the stage-%d step ...", config.stage)
   compile_start = time.perf_counter()
   step_fn = train_step.compile_step(config, mesh, abstract, data.abstract(), frozen)
   log.info("compiled the stage-%d step in %.1f s; memory: %s", config.stage, time.perf_counter() - compile_start,
