@@ -85,8 +85,11 @@ def _recache(config: DiTConfig, params: Params, state: StreamState, history: His
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-def _switch(config: DiTConfig, params: Params, state: StreamState, context: jax.Array,
-            history: History | None) -> StreamState:
+def switch_step(config: DiTConfig, params: Params, state: StreamState, context: jax.Array,
+                history: History | None) -> StreamState:
+  """`switch_prompt`'s jitted core, unchecked, for ahead-of-time lowering (the stream CLI compiles it before
+  streaming). As `switch_prompt` does, call it on `state.replace(first_chunk=False)` (one executable whatever the
+  previous chunk was) and set `first_chunk=state.tokens is not None` on its result."""
   text_k, text_v = text_kv_per_layer(config, params, context)
   state = state.replace(text_k=text_k.astype(state.text_k.dtype), text_v=text_v.astype(state.text_v.dtype))
   if history is not None:
@@ -110,5 +113,5 @@ def switch_prompt(config: DiTConfig, params: Params, state: StreamState, context
       raise ValueError(f"history frames must be {list(expected)} (empty_history of this stream), "
                        f"got {list(history.frames.shape)}")
   # `first_chunk` is static: cleared for the call so that one executable serves a switch right after another.
-  switched = _switch(config, params, state.replace(first_chunk=False), context, history)
+  switched = switch_step(config, params, state.replace(first_chunk=False), context, history)
   return switched.replace(first_chunk=state.tokens is not None)

@@ -7,6 +7,8 @@
         --text-encoder checkpoints/umt5-xxl --prompt-cache cache/prompts
     python -m liveedit_jax.stream --input webcam:/dev/video0 --output - --context snowy.npy ... | ffplay \\
         -f rawvideo -pixel_format rgb24 -video_size 832x480 -framerate 16 -
+    python -m liveedit_jax.stream --input in.mp4 --output out.mp4 --prompt "make the circle red" \\
+        --prompt-at 48:"make the circle green" --prompt-schedule later.txt --recache
 
 Per chunk of 3 latent frames (9 video frames for the first chunk, 12 for each later one; Wan's VAE encodes the
 first frame alone): VAE encode → `stream_step` (the distilled DiT's denoising steps against the KV cache) → VAE
@@ -24,6 +26,19 @@ this GPU). A partial last chunk is padded by repeating its last frame and only i
 is embedded once before streaming (through the prompt cache when given, so the 11 GB text encoder is loaded only
 on a miss and freed before the DiT loads), or a precomputed [1, L, text_dim] embedding is read (`--context`).
 
+A prompt schedule changes the instruction while streaming: `--prompt-at FRAME:TEXT` (repeatable) and
+`--prompt-schedule FILE` (a FRAME and its TEXT per line, separated by the first tabs or spaces; blank lines and
+lines starting with # skipped; FRAME as given to --prompt-at) each switch to TEXT at the first chunk boundary at or
+after input frame FRAME (0-based: chunks start at frames 0, 9, 21, 33, ...; a FRAME past the input's end, or
+--max-frames, is never reached; of several due at one boundary the last applies). FRAME must be a non-negative
+integer, TEXT not empty, and no two entries may share a FRAME. Every prompt is embedded before streaming with
+--prompt (one text encoder load for all, through the prompt cache when given, each checked for unknown words, each
+embedded alone so that it does not depend on the others), so a schedule needs the text encoder: not --context. The
+switch (`prompt_switch`: new cross-attention K/V; with the mask cache the next chunk recomputes every token) is
+compiled ahead of time with the other steps, so a switch compiles nothing. The KV cache's past frames are kept as
+edited under the old prompt, or with `--recache` re-cached under the new one from a history of the cached chunks'
+latents (kept, one push per chunk, only then; one DiT forward per cached chunk at a switch; not with sink frames).
+
 Models: each of --dit, --vae and --text-encoder left out is the default model's part (`default_model.py`: the
 procedural benchmark's small editor shipped in the package, or the directory LIVEEDIT_DEFAULT_MODEL names), its
 files checked against their sha256 first; with the default DiT, --height, --width and --fps default to its native
@@ -40,8 +55,10 @@ An existing output file is refused unless `--overwrite`; the output is written u
 its own name when the first chunk is written, so a run that fails earlier leaves nothing there.
 
 Progress goes to stderr: a line as each model starts and ends loading (its size on disk, its parameter count), two
-around compiling the steps (the seconds, how many of the 7 executables, 6 without the mask cache, were compiled and
-how many read from the compilation cache), then one line per chunk as it is written: its frames, frames per second
+around compiling the steps (the seconds, how many of the 7 executables, 6 without the mask cache, one more with a
+prompt schedule and two with --recache, were compiled and how many read from the compilation cache), one line per
+prompt switch (before which chunk, at which input frame, the entry, the prompt, the KV policy), then one line per
+chunk as it is written: its frames, frames per second
 and wall time (since the previous chunk was written: with the stages overlapped, the rate the stream runs at), its
 latency (from its frames reaching the stream, read or, for the first chunk, read before the models loaded, to their
 being written), with --sync-stages the ms of encode / DiT / decode (each waited for, so they add up to the chunk's
@@ -68,18 +85,19 @@ import time
 import typing
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from liveedit_jax import cli, default_model
+from liveedit_jax import cli, default_model, prompt_switch
 from liveedit_jax.config import AttentionImpl, DiTConfig
 from liveedit_jax.dit import load_dit
 from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.prompt_cache import PromptCache
+from liveedit_jax.prompt_switch import History, push_history
 from liveedit_jax.streaming import StreamConfig, StreamState, init_stream, stream_step
 from liveedit_jax.tokenizer import SPIECE_FILE, TOKENIZER_JSON, Tokenizer, clean_prompt
 from liveedit_jax.umt5 import encode_prompts, load_text_encoder, text_encoder_identity
@@ -149,6 +167,57 @@ def stream_options(args: argparse.Namespace) -> StreamConfig:
                       mask_cache=MaskCacheConfig(prune_ratio=args.prune, cache_on=args.cache_on))
 
 
+class ScheduledPrompt(NamedTuple):
+  """An instruction of the prompt schedule: in effect from the first chunk that starts at or after input frame
+  `frame`."""
+
+  frame: int
+  prompt: str
+  where: str  # what gave it, for messages: "--prompt-at '48:make it green'" or "schedule.txt:3"
+
+
+def _schedule_entry(frame: str, prompt: str, where: str) -> ScheduledPrompt:
+  """One entry from its FRAME and TEXT fields; a ValueError saying what is wrong with them."""
+  frame = frame.strip()
+  if not (frame.isascii() and frame.isdigit()):  # no sign, no decimal point, no other script's digits
+    raise ValueError(f"{where}: FRAME must be a non-negative integer (an input frame index), got {frame!r}")
+  if not prompt.strip():
+    raise ValueError(f"{where}: the prompt is empty")
+  return ScheduledPrompt(int(frame), prompt.strip(), where)
+
+
+def parse_schedule(prompt_at: Sequence[str], schedule_file: str | None) -> list[ScheduledPrompt]:
+  """The entries of --prompt-at FRAME:TEXT options and of a --prompt-schedule file (a FRAME and its TEXT per line,
+  separated by the first run of tabs or spaces; blank lines and lines starting with # skipped), sorted by frame.
+  A ValueError, in one line, for a malformed entry, an unreadable or empty file, or two prompts for one frame."""
+  entries = []
+  for value in prompt_at:
+    where = f"--prompt-at {value!r}"
+    if ":" not in value:
+      raise ValueError(f"{where}: expected FRAME:TEXT, e.g. 48:'make the circle green'")
+    entries.append(_schedule_entry(*value.split(":", 1), where))
+  if schedule_file is not None:
+    try:
+      lines = Path(schedule_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+      why = getattr(err, "strerror", None) or err  # OSError's strerror leaves out the path given just before
+      raise ValueError(f"--prompt-schedule {schedule_file}: cannot read it ({why})") from None
+    read = 0
+    for number, line in enumerate(lines, 1):
+      if not line.strip() or line.lstrip().startswith("#"):
+        continue
+      fields = line.strip().split(None, 1)
+      entries.append(_schedule_entry(fields[0], fields[1] if len(fields) > 1 else "", f"{schedule_file}:{number}"))
+      read += 1
+    if not read:
+      raise ValueError(f"--prompt-schedule {schedule_file}: no entries (expected lines of FRAME TEXT)")
+  entries.sort(key=lambda entry: entry.frame)  # stable: equal frames keep their order for the message below
+  for before, after in zip(entries, entries[1:]):
+    if before.frame == after.frame:
+      raise ValueError(f"two prompts for frame {after.frame}: {before.where} and {after.where}")
+  return entries
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   """The options; the models left out are resolved to the default model's (its files checked) in `args.models`,
   and --height, --width, --fps to the default DiT's native size or Wan's."""
@@ -185,6 +254,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   models.add_argument("--prompt", help="the edit instruction, e.g. 'make it snowy' (default with a synthetic:SEED "
                       "input: the example's own)")
   models.add_argument("--prompt-cache", help="directory of cached prompt embeddings (not with --context)")
+  models.add_argument("--prompt-at", action="append", default=[], metavar="FRAME:TEXT",
+                      help="switch to the instruction TEXT at the first chunk boundary at or after input frame FRAME "
+                      "(0-based; repeatable; a FRAME past the input's end never comes); not with --context")
+  models.add_argument("--prompt-schedule", metavar="FILE",
+                      help="--prompt-at's entries from a file: one FRAME TEXT per line (FRAME, then tabs or spaces, "
+                      "then TEXT); blank lines and lines starting with # are skipped")
+  models.add_argument("--recache", action="store_true",
+                      help="at a switch, re-cache the KV cache's frames under the new prompt (one DiT forward per "
+                      "cached chunk) instead of keeping them as edited under the old one")
   models.add_argument("--dtype", choices=("bfloat16", "float32"),
                       help="compute dtype of the DiT and VAE (default: bfloat16 on GPU, float32 elsewhere)")
   stream = add_stream_options(parser.add_argument_group("streaming"))
@@ -194,6 +272,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   if not args.context and not args.prompt and not is_synthetic(args.input):
     parser.error("--prompt is needed (the edit instruction), unless --context gives its embedding or the input is "
                  "synthetic:SEED")
+  try:
+    args.schedule = parse_schedule(args.prompt_at, args.prompt_schedule)
+  except ValueError as err:
+    parser.error(str(err))
+  if args.schedule and args.context:
+    parser.error("a prompt schedule (--prompt-at, --prompt-schedule) is embedded by the text encoder; it does not "
+                 "apply to --context")
+  if args.recache and not args.schedule:
+    parser.error("--recache applies at a prompt switch: give --prompt-at or --prompt-schedule")
+  if args.recache and args.sink_frames:
+    parser.error(f"--recache rebuilds the KV cache at its frames' positions, which sink frames do not keep: it needs "
+                 f"--sink-frames 0, got {args.sink_frames}")
   if args.prompt_cache and args.context:
     parser.error("--prompt-cache caches the text encoder's embeddings; it does not apply to --context")
   if args.max_frames is not None and args.max_frames <= 0:
@@ -252,41 +342,56 @@ def load_logged(what: str, path: str, load: Callable[[], Any], params: Callable[
   return loaded
 
 
-def load_context(args: argparse.Namespace, dit: DiTConfig) -> np.ndarray:
-  """The prompt embedding [1, L ≤ text_len, text_dim], from --context or the text encoder (freed on return).
-
-  A prompt the encoder embeds (not read from the cache) is checked for words its tokenizer does not know.
-  """
-  if args.context:
-    source = args.context
-    if not Path(source).is_file():
-      raise FileNotFoundError(f"{source}: context embedding not found")
-    context = np.load(source)
-    # np.save writes ml_dtypes' bfloat16 (the prompt cache's dtype) as 2-byte void.
-    if context.dtype == np.dtype("V2"):
-      context = context.view(ml_dtypes.bfloat16)
-  else:
-    path, source = args.models.text_encoder, args.models.label("text_encoder")
-    cache = args.prompt_cache and PromptCache(args.prompt_cache, text_encoder_identity(path))
-    if cache and (cached := cache.get(args.prompt)) is not None:
-      cli.say(f"prompt embedding read from the cache {args.prompt_cache}")
-      context = cached[None]
-    else:
-      encoder = load_logged(_model_name(args, "text_encoder", "text encoder"), path,
-                            lambda: load_text_encoder(path), lambda encoder: encoder.params)
-      warn_unknown_words(encoder.tokenizer, args.prompt, source)
-      if cache:
-        with cli.status(f"embedding the prompt (stored in the cache {args.prompt_cache})"):
-          context = cache.get_or_encode(encoder, [args.prompt])
-      else:
-        with cli.status("embedding the prompt"):
-          context = np.asarray(jax.device_get(encode_prompts(encoder, [args.prompt])))
-      del encoder
+def _check_context(context: np.ndarray, source: str, args: argparse.Namespace, dit: DiTConfig) -> np.ndarray:
+  """`context` if it is a float [1, L ≤ text_len, text_dim] embedding for the DiT, else a ValueError naming
+  `source`."""
   if (context.ndim != 3 or context.shape[0] != 1 or not 1 <= context.shape[1] <= dit.text_len
       or context.shape[2] != dit.text_dim or not jnp.issubdtype(context.dtype, jnp.floating)):
     raise ValueError(f"{source}: prompt embedding has shape {list(context.shape)} ({context.dtype}), expected a "
                      f"float [1, L ≤ {dit.text_len}, {dit.text_dim}] for the DiT in {args.models.label('dit')}")
   return context
+
+
+def embed_prompts(args: argparse.Namespace, prompts: Sequence[str], dit: DiTConfig) -> list[np.ndarray]:
+  """Each prompt's embedding [1, text_len, text_dim] from the text encoder (args.models.text_encoder), read from the
+  prompt cache (--prompt-cache) when it holds it. The encoder is loaded once, only when some prompt is not cached,
+  and freed on return; the prompts it embeds are checked for words its tokenizer does not know. All embeddings have
+  one shape and dtype (bfloat16 through the cache, float32 without it)."""
+  path, source = args.models.text_encoder, args.models.label("text_encoder")
+  cache = args.prompt_cache and PromptCache(args.prompt_cache, text_encoder_identity(path))
+  found = {prompt: cache.get(prompt) if cache else None for prompt in dict.fromkeys(prompts)}
+  missing = [prompt for prompt, value in found.items() if value is None]
+  if cache and len(missing) < len(found):
+    count = "" if len(found) == 1 else f"{len(found) - len(missing)} of {len(found)} "
+    cli.say(f"{count}prompt embedding{'s' if count else ''} read from the cache {args.prompt_cache}")
+  if missing:
+    encoder = load_logged(_model_name(args, "text_encoder", "text encoder"), path,
+                          lambda: load_text_encoder(path), lambda encoder: encoder.params)
+    for prompt in missing:
+      warn_unknown_words(encoder.tokenizer, prompt, source)
+    what = "the prompt" if len(missing) == 1 else f"{len(missing)} prompts"
+    # One prompt at a time, not as a batch: XLA's numerics may depend on the batch size, and a prompt's embedding
+    # must not depend on the others (the frames before a switch are then those of a run without the schedule).
+    with cli.status(f"embedding {what}" + (f" (stored in the cache {args.prompt_cache})" if cache else "")):
+      for prompt in missing:
+        found[prompt] = (cache.get_or_encode(encoder, [prompt]) if cache else
+                         np.asarray(jax.device_get(encode_prompts(encoder, [prompt]))))[0]
+    del encoder
+  return [_check_context(found[prompt][None], source, args, dit) for prompt in prompts]
+
+
+def load_contexts(args: argparse.Namespace, dit: DiTConfig) -> list[np.ndarray]:
+  """The embeddings [1, L ≤ text_len, text_dim] of --prompt and then of the schedule's prompts (args.schedule, in
+  its order; none without it), from --context (no schedule then) or `embed_prompts` (one encoder load for all)."""
+  if not args.context:
+    return embed_prompts(args, [args.prompt, *(entry.prompt for entry in args.schedule)], dit)
+  if not Path(args.context).is_file():
+    raise FileNotFoundError(f"{args.context}: context embedding not found")
+  context = np.load(args.context)
+  # np.save writes ml_dtypes' bfloat16 (the prompt cache's dtype) as 2-byte void.
+  if context.dtype == np.dtype("V2"):
+    context = context.view(ml_dtypes.bfloat16)
+  return [_check_context(context, args.context, args, dit)]
 
 
 def _raise_on_sigterm(signum, frame):
@@ -334,23 +439,40 @@ class Steps:
   dit(dit_params, state, latents) → (edited latents [1, c, h, w, z], state); decode(vae_params, vae_state, edited)
   → (vae_state, video [1, T, H, W, 3]); mask(state.tokens.stats) → float32 [2] (`_mask_report`, one for every
   chunk: the statistics have the same shapes), None without the mask cache. The states are donated, as the jitted
-  functions they are compiled from donate them.
+  functions they are compiled from donate them. With a prompt schedule: switch(dit_params, state, context,
+  history) → state (`prompt_switch.switch_step`: new text K/V, with a history the KV cache re-cached; history None
+  with the keep policy) and, with --recache, push(history, edited, latents) → history (`push_history`); else None.
+  With the mask cache a switched state has first_chunk set, so its next chunk runs `dit[0]`.
   """
 
   encode: tuple[Any, Any]
   dit: tuple[Any, Any]
   decode: tuple[Any, Any]
   mask: Any | None
+  switch: Any | None = None
+  push: Any | None = None
+
+  def switch_prompt(self, params: Any, state: StreamState, context: jax.Array,
+                    history: History | None) -> StreamState:
+    """`prompt_switch.switch_prompt` through the compiled `switch` (the arguments it checks were checked before
+    streaming: the contexts' shape by `load_contexts`, sink frames with --recache by `parse_args`)."""
+    # As switch_prompt does: `first_chunk` is static, cleared for the call (the executable was lowered so), then
+    # set when the mask cache is on, so that the next chunk recomputes every token under the new prompt.
+    switched = self.switch(params, state.replace(first_chunk=False), context, history)
+    return switched.replace(first_chunk=state.tokens is not None)
 
 
 def compile_steps(models: Models, state: StreamState, vae_state: VAEStreamState, chunk_sizes: tuple[int, int],
-                  height: int, width: int) -> tuple[Steps, int]:
+                  height: int, width: int, context: jax.Array | None = None,
+                  history: History | None = None) -> tuple[Steps, int]:
   """Lowers every step for the first and the later chunks (each state's shape taken from the previous lowering's
   output), then compiles them concurrently: XLA compiles outside the GIL, and the persistent compilation cache,
-  when on, answers each from disk. Returns (steps, the number of executables)."""
+  when on, answers each from disk. With `context` (a scheduled prompt's embedding: they all have its shape) the
+  prompt switch too, and with `history` (--recache) the switch that re-caches and the history's push. Returns
+  (steps, the number of executables)."""
   m = models
   abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)  # noqa: E731
-  vae_state, state = abstract(vae_state), abstract(state)
+  vae_state, state, history = abstract(vae_state), abstract(state), abstract(history)
   lowered: list[list[Any]] = [[], [], []]  # per step: first chunk, later chunks
   for later, frames in enumerate(chunk_sizes):
     video = jax.ShapeDtypeStruct((1, frames, height, width, 3), jnp.float32)
@@ -363,22 +485,31 @@ def compile_steps(models: Models, state: StreamState, vae_state: VAEStreamState,
     for step, low in zip(lowered, (encode, dit, decode)):
       step.append(low)
   flat = [low for step in lowered for low in step]
+  extra = {}  # Steps' fields after the six chunk steps, lowered
   if state.tokens is not None:
-    flat.append(_mask_report.lower(state.tokens.stats))
+    extra["mask"] = _mask_report.lower(state.tokens.stats)
+  if context is not None:
+    # Lowered for a later chunk's state (a switch happens between chunks); its output has that state's types, so
+    # the next chunk's step takes it as it comes.
+    extra["switch"] = prompt_switch.switch_step.lower(m.dit_config, m.dit_params, state, abstract(context), history)
+  if history is not None:
+    extra["push"] = push_history.lower(history, edited, latents)
+  flat += extra.values()
   with concurrent.futures.ThreadPoolExecutor(len(flat)) as pool:
     compiled = list(pool.map(lambda low: low.compile(), flat))
   encode, dit, decode = (tuple(compiled[2 * i:2 * i + 2]) for i in range(3))
-  return Steps(encode, dit, decode, compiled[6] if state.tokens is not None else None), len(compiled)
+  return Steps(encode, dit, decode, **{"mask": None, **dict(zip(extra, compiled[6:]))}), len(compiled)
 
 
 def edit_chunk(models: Models, steps: Steps, vae_state: VAEStreamState, state: StreamState, frames: np.ndarray,
-               later: bool, sync: bool):
+               later: bool, sync: bool, history: History | None = None):
   """One chunk through encode → DiT → decode, dispatched without waiting unless `sync` (then each stage is waited
   for, so that it can be timed).
 
-  frames: uint8 [T, H, W, 3] (T = 9 for the first chunk, 12 after). Returns (vae_state, state, edited frames
-  float32 [1, T, H, W, 3] in [−1, 1] on the device, [active fraction, IoU] of the mask chosen for the next chunk
-  (a device float32 [2]; None without the mask cache), (encode, DiT, decode) ms when `sync`, else None).
+  frames: uint8 [T, H, W, 3] (T = 9 for the first chunk, 12 after). history: pushed the chunk's edited and source
+  latents (--recache; None: not kept). Returns (vae_state, state, edited frames float32 [1, T, H, W, 3] in [−1, 1]
+  on the device, [active fraction, IoU] of the mask chosen for the next chunk (a device float32 [2]; None without
+  the mask cache), (encode, DiT, decode) ms when `sync`, else None, history).
   """
   m, ms, start = models, [], time.perf_counter()
 
@@ -391,22 +522,29 @@ def edit_chunk(models: Models, steps: Steps, vae_state: VAEStreamState, state: S
 
   vae_state, latents = steps.encode[later](m.vae_params, vae_state, jax.device_put(to_float(frames)[None]))
   lap(latents)
-  edited, state = steps.dit[later](m.dit_params, state, latents)
+  # A later chunk whose state has first_chunk set (the mask cache's next chunk after a prompt switch) runs in
+  # full: the first chunk's step, lowered for such a state.
+  edited, state = steps.dit[later and not state.first_chunk](m.dit_params, state, latents)
   lap(edited)
   vae_state, decoded = steps.decode[later](m.vae_params, vae_state, edited)
   lap(decoded)
   mask = None if steps.mask is None else steps.mask(state.tokens.stats)
-  return vae_state, state, decoded, mask, tuple(ms) if sync else None
+  if history is not None:  # after the laps: not part of any stage's ms
+    history = steps.push(history, edited, latents)
+  return vae_state, state, decoded, mask, tuple(ms) if sync else None, history
 
 
 @dataclasses.dataclass
 class _Chunk:
   """A chunk on its way through the stream: its source frames uint8 [real, H, W, 3], when they reached the stream
-  (perf_counter s), then its device outputs (`edit_chunk`'s decoded, mask and ms)."""
+  (perf_counter s), the input frame index it starts at, then its device outputs (`edit_chunk`'s decoded, mask and
+  ms) and whether the chunk before it ran in full (the IoU of its mask is then not shown)."""
 
   index: int
   frames: np.ndarray
   read_at: float
+  start: int
+  after_full: bool = False
   decoded: Any = None
   mask: Any = None
   ms: tuple[float, ...] | None = None
@@ -521,14 +659,18 @@ def _serial(chunks: Iterator[_Chunk], finish: Callable[[_Chunk], None]):
 def run_stream(models: Models, steps: Steps, state: StreamState, vae_state: VAEStreamState, reader: FrameReader,
                writer: RawWriter | VideoWriter, frames: np.ndarray, chunk_sizes: tuple[int, int], limit: float,
                total: int | None = None, side_by_side: bool = False, sync_stages: bool = False,
-               started: float | None = None) -> None:
+               started: float | None = None, schedule: Sequence[tuple[ScheduledPrompt, jax.Array]] = (),
+               history: History | None = None) -> None:
   """Edits chunks until the input ends (or `limit` input frames), writing each chunk's real frames as it is done.
 
   frames: the first chunk, already read. total: the input's frame count when known (for the time left).
   side_by_side: write source | edit frames [T, H, 2W, 3]. sync_stages: wait for each stage (timed) and read, edit
   and write one chunk after the other, instead of overlapping them. started: perf_counter at the run's start
-  (default: now), for the time to the first edited frame. One progress line per chunk and a summary go to
-  stderr, with a bar on a terminal.
+  (default: now), for the time to the first edited frame. schedule: (entry, its embedding on the device), sorted
+  by frame: before the first chunk starting at or after an entry's frame the stream switches to its prompt
+  (`steps.switch`; of several entries due at one chunk, the last), re-caching the KV cache from `history` when
+  given (--recache: every chunk is pushed to it), else keeping it. One progress line per chunk and per switch and
+  a summary go to stderr, with a bar on a terminal.
   """
   stream_start = time.perf_counter()
   started = stream_start if started is None else started
@@ -536,9 +678,10 @@ def run_stream(models: Models, steps: Steps, state: StreamState, vae_state: VAES
   clock = {"last": stream_start}  # when the last chunk was written; set by `finish`
 
   def chunks():
-    read_at, index, frames_ = stream_start, 0, frames
+    read_at, index, frames_, start = stream_start, 0, frames, 0
     while len(frames_):
-      yield _Chunk(index, frames_, read_at)
+      yield _Chunk(index, frames_, read_at, start)
+      start += len(frames_)
       if len(frames_) < chunk_sizes[index > 0]:
         return
       frames_, index = reader.read(int(min(chunk_sizes[1], limit - reader.frames_read))), index + 1
@@ -567,18 +710,28 @@ def run_stream(models: Models, steps: Steps, state: StreamState, vae_state: VAES
       report += "  mask: all tokens"
     elif steps.mask is not None:
       fraction, iou = np.asarray(chunk.mask)
-      report += f"  mask: {fraction:.0%} tokens recomputed" + ("" if chunk.index == 1 else f", IoU {iou:.2f}")
+      report += f"  mask: {fraction:.0%} tokens recomputed" + ("" if chunk.after_full else f", IoU {iou:.2f}")
     cli.say(report)
 
   mask = None  # the mask statistics of the chunk being edited (chosen by the previous chunk's step)
+  pending = list(schedule)  # the entries not yet in effect, by frame
+  full = False  # whether the previous chunk ran in full (the first always does)
   try:
     with (_serial if sync_stages else _overlapped)(chunks(), finish) as (received, send):
       for chunk in received:
         bar.set_description(f"chunk {chunk.index}")
+        if due := [item for item in pending if item[0].frame <= chunk.start]:
+          del pending[:len(due)]
+          entry, context = due[-1]  # the others due here would be replaced before any frame is edited under them
+          state = steps.switch_prompt(models.dit_params, state, context, history)
+          mask = None if state.first_chunk else mask  # the mask cache's next chunk recomputes every token
+          cli.say(f"prompt switch before chunk {chunk.index} (input frame {chunk.start}; {entry.where}): "
+                  f"{entry.prompt!r}, the KV cache " + ("re-cached under it" if history is not None else "kept"))
         size = chunk_sizes[chunk.index > 0]
         padded = np.concatenate([chunk.frames, np.repeat(chunk.frames[-1:], size - len(chunk.frames), axis=0)])
-        vae_state, state, chunk.decoded, next_mask, chunk.ms = edit_chunk(
-            models, steps, vae_state, state, padded, later=chunk.index > 0, sync=sync_stages)
+        chunk.after_full, full = full, chunk.index == 0 or state.first_chunk
+        vae_state, state, chunk.decoded, next_mask, chunk.ms, history = edit_chunk(
+            models, steps, vae_state, state, padded, later=chunk.index > 0, sync=sync_stages, history=history)
         chunk.mask, mask = mask, next_mask
         send(chunk)
   finally:
@@ -634,26 +787,31 @@ def main(argv: list[str] | None = None) -> None:
     total = count_frames(args.input, width, height, args.fps, input_size)
     if total is not None and args.max_frames:
       total = min(total, args.max_frames)
-    context = load_context(args, dit_config)
+    context, *scheduled = load_contexts(args, dit_config)
     models = load_models(args, dtype)
     s = vae_config.spatial_factor
     state = init_stream(models.dit_config, models.dit_params, context, latent_height=height // s,
                         latent_width=width // s, options=options, rng=jax.random.key(args.seed))
     vae_state = init_vae_stream(models.vae_config, 1, height, width)
+    # Made (and the scheduled embeddings copied to the device) before streaming: nothing runs uncompiled there.
+    history = prompt_switch.empty_history(state, models.dit_config) if args.recache else None
+    schedule = [(entry, jax.device_put(embedding)) for entry, embedding in zip(args.schedule, scheduled)]
     exact = is_raw(args.input) or is_synthetic(args.input)
     length = "" if total is None else f" ({'' if exact else 'about '}{total} frames)"
     cli.say(f"streaming {reader.name}{length} to {writer.name} at {width}×{height}, {args.fps:g} fps, {dtype}, "
             f"chunks of {chunk_sizes[0]} then {chunk_sizes[1]} frames" + (", source | edit" if args.side_by_side
                                                                             else ""))
     cache = "" if args.no_compile_cache else f" (compilation cache: {_shown_cache_dir()})"
-    with cli.status(f"compiling the VAE encode, DiT step and VAE decode of the first and the later chunks{cache}") \
-        as compiling:
+    switch = "" if not schedule else " and the prompt switch" + (" (re-caching)" if args.recache else "")
+    with cli.status(f"compiling the VAE encode, DiT step and VAE decode of the first and the later chunks{switch}"
+                    f"{cache}") as compiling:
       with cli.CompileTimer() as timer:
-        steps, count = compile_steps(models, state, vae_state, chunk_sizes, height, width)
+        steps, count = compile_steps(models, state, vae_state, chunk_sizes, height, width,
+                                     schedule[0][1] if schedule else None, history)
       compiling.note(f"{timer.count - timer.cache_hits} of {count} executables compiled" +
              ("" if args.no_compile_cache else f", {timer.cache_hits} read from the cache"))
     run_stream(models, steps, state, vae_state, reader, writer, frames, chunk_sizes, limit, total,
-               args.side_by_side, args.sync_stages, started)
+               args.side_by_side, args.sync_stages, started, schedule, history)
 
 
 if __name__ == "__main__":

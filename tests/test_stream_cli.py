@@ -465,9 +465,9 @@ def test_prompt_cache_hit_loads_no_encoder(tmp_path):
   embedding = np.random.default_rng(0).standard_normal((DIT.text_len, DIT.text_dim)).astype(ml_dtypes.bfloat16)
   cache.entry_path("make it snowy").parent.mkdir(parents=True)
   np.save(cache.entry_path("make it snowy"), embedding)
-  args = argparse.Namespace(context=None, prompt_cache=str(tmp_path / "cache"), prompt="make it snowy",
+  args = argparse.Namespace(context=None, prompt_cache=str(tmp_path / "cache"), prompt="make it snowy", schedule=[],
                             models=default_model.ModelDirs(dit="dit", vae="vae", text_encoder=str(encoder_dir)))
-  context = stream.load_context(args, DIT)
+  [context] = stream.load_contexts(args, DIT)
   assert context.dtype == ml_dtypes.bfloat16
   np.testing.assert_array_equal(context, embedding[None])
 
