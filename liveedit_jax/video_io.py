@@ -231,6 +231,26 @@ def open_reader(source: str, width: int, height: int, fps: float,
   return FrameReader(name, process.stdout, width, height, process, log)
 
 
+def open_native_reader(path: str) -> FrameReader:
+  """Frames of the video file `path` at its own size and frame rate (for data preparation, where the files are the
+  data and resampling would change them). ffmpeg runs as a new session, without a Python pre-exec hook, so no
+  Python code runs in a child forked from a multithreaded (JAX) process."""
+  if not Path(path).is_file():
+    raise VideoIOError(f"cannot read {path}: no such file")
+  probe = subprocess.run([_ffmpeg(), "-hide_banner", "-nostdin", "-i", path], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60, start_new_session=True)
+  # ffmpeg describes each input stream on stderr, e.g. "Stream #0:0: Video: h264 (...), yuv420p, 48x32, ...".
+  size = re.search(rb"Stream #\S+.*?: Video: .*?(\d{2,5})x(\d{2,5})", probe.stderr)
+  if size is None:
+    raise VideoIOError(f"cannot read {path}: ffmpeg finds no video stream in it")
+  width, height = int(size[1]), int(size[2])
+  cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-nostdin", "-i", path, "-map", "0:v:0", "-f", "rawvideo",
+         "-pix_fmt", "rgb24", "pipe:1"]
+  log = _ffmpeg_log()
+  process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+  return FrameReader(path, process.stdout, width, height, process, log)
+
+
 def count_frames(source: str, width: int, height: int, fps: float,
                  input_size: tuple[int, int] | None = None) -> int | None:
   """About how many frames `open_reader(source, width, height, fps, input_size)` yields; None when unknown.

@@ -27,7 +27,7 @@ from liveedit_jax.streaming import StreamConfig, init_stream, stream_step
 from liveedit_jax.umt5 import KIND as UMT5_KIND
 from liveedit_jax.umt5 import encode_prompts, load_text_encoder
 from liveedit_jax.vae import init_vae_stream, load_vae
-from liveedit_jax.video_io import to_float, to_uint8
+from liveedit_jax.video_io import open_native_reader, to_float, to_uint8
 from tests.test_stream_cli import DIT
 from tests.test_stream_cli import VAE as VAE8
 from tests.test_synthetic_data import VAE, write_tiny_models
@@ -159,11 +159,9 @@ def test_stream_cli_json_and_videos(models, tmp_path, capsys):
   assert summary["fps"] == pytest.approx(later["frames"] / later["time_s"], rel=1e-12)
   videos = sorted((tmp_path / "videos").iterdir())
   assert [v.name for v in videos] == [f"val-000003-{result['records'][0]['edit']['kind']}.mp4"]
-  frames, _ = imageio_ffmpeg.count_frames_and_secs(str(videos[0]))
-  assert frames == FRAMES
-  reader = imageio_ffmpeg.read_frames(str(videos[0]))
-  assert next(reader)["size"] == (3 * W, H)  # source | edit | target
-  reader.close()
+  with open_native_reader(str(videos[0])) as reader:  # imageio_ffmpeg's reader would fork with a pre-exec hook
+    assert (reader.width, reader.height) == (3 * W, H)  # source | edit | target
+    assert len(reader.read(FRAMES + 1)) == FRAMES
   table = capsys.readouterr().out
   assert "editor stream · split val · 2 clips" in table and "frames/s" in table
 

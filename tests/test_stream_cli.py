@@ -509,3 +509,11 @@ def test_clear_errors(setup, tmp_path):
   with pytest.raises(ValueError, match=r"context.npy: prompt embedding has shape \[1, 5, 41\] \(float32\), "
                                        r"expected a float \[1, L ≤ 16, 40\]"):
     stream.main([*args(), "--context", str(bad_context)])
+
+
+def test_native_reader_names_a_bad_file(tmp_path):
+  with pytest.raises(video_io.VideoIOError, match=r"cannot read .*absent.mp4: no such file"):
+    video_io.open_native_reader(str(tmp_path / "absent.mp4"))
+  (tmp_path / "notes.mp4").write_text("not a video")
+  with pytest.raises(video_io.VideoIOError, match=r"cannot read .*notes.mp4: ffmpeg finds no video stream in it"):
+    video_io.open_native_reader(str(tmp_path / "notes.mp4"))

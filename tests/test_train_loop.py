@@ -191,11 +191,10 @@ def test_prepare_data_from_videos(tmp_path):
                         Tokenizer(write_tokenizer(tmp_path / "tokenizer"), text_config.text_len), "test")
   videos = {name: rng.integers(0, 256, (6, 32, 48, 3), dtype=np.uint8) for name in ("a", "a_edit", "b", "b_edit")}
   for name, frames in videos.items():  # lossless RGB, so the decoded frames are the written ones
-    writer = imageio_ffmpeg.write_frames(str(tmp_path / f"{name}.mkv"), (48, 32), codec="libx264rgb",
-                                         pix_fmt_out="rgb24", output_params=["-qp", "0"])
-    writer.send(None)
-    writer.send(frames.tobytes())
-    writer.close()
+    # ffmpeg run directly: imageio_ffmpeg's writer forks with a Python pre-exec hook, which JAX warns about.
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "rawvideo",
+                    "-pix_fmt", "rgb24", "-s", "48x32", "-i", "pipe:0", "-c:v", "libx264rgb", "-qp", "0",
+                    str(tmp_path / f"{name}.mkv")], input=frames.tobytes(), check=True, start_new_session=True)
   prompts = {"a": "a cat in the rain", "b": "neon street"}
   manifest = tmp_path / "pairs.jsonl"
   manifest.write_text("\n".join(json.dumps({"source": f"{k}.mkv", "target": f"{k}_edit.mkv", "prompt": p})

@@ -58,21 +58,14 @@ def latent_examples(directory: Path) -> Iterator[Example]:
 
 
 def read_video(path: Path, frames: int) -> np.ndarray:
-  """The first `frames` frames of a video file as [T, H, W, 3] float32 in [−1, 1]."""
-  import imageio_ffmpeg  # only this path reads videos
+  """The first `frames` frames of a video file, at its own size, as [T, H, W, 3] float32 in [−1, 1]."""
+  from liveedit_jax.video_io import open_native_reader  # only this path reads videos
 
-  reader = imageio_ffmpeg.read_frames(str(path))
-  meta = next(reader)
-  width, height = meta["size"]
-  out = []
-  for raw in reader:
-    out.append(np.frombuffer(raw, np.uint8).reshape(height, width, 3))
-    if len(out) == frames:
-      break
-  reader.close()
+  with open_native_reader(str(path)) as reader:
+    out = reader.read(frames)
   if len(out) < frames:
     raise ValueError(f"{path} has {len(out)} frames, fewer than --frames {frames}")
-  return np.stack(out).astype(np.float32) / 127.5 - 1.0
+  return out.astype(np.float32) / 127.5 - 1.0
 
 
 def video_examples(manifest: Path, vae_config, vae_params, text_encoder, frames: int) -> Iterator[Example]:
