@@ -189,7 +189,7 @@ def _train_step(config: AutoencoderConfig, vae: VAEConfig, optimizer, state: dic
   key = jax.random.fold_in(jax.random.key(config.seed), state["step"])
   (_, metrics), grads = jax.value_and_grad(functools.partial(loss_fn, config, vae), has_aux=True)(
       state["params"], video, key)
-  metrics["grad_norm"] = optax.global_norm(grads)  # before clipping: shows the spikes the clip absorbs
+  metrics["grad_norm"] = optax.tree.norm(grads)  # before clipping: shows the spikes the clip absorbs
   updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
