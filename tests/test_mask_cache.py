@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from liveedit_jax.config import DiTConfig
-from liveedit_jax.dit import init_dit_params
 from liveedit_jax.mask_cache import MaskCacheConfig, chunk_token_indices, mask_iou, select_active, token_distance
 from liveedit_jax.streaming import StreamConfig, _stream_step, init_stream, stream_step
+from tests.random_params import random_dit_params
 
 CFG = DiTConfig.preset("tiny")
 H, W = 6, 8  # 3×4 = 12 spatial tokens per frame
@@ -22,10 +22,7 @@ STEPS = (1000.0, 625.0)
 
 @pytest.fixture(scope="module")
 def params():
-  seed = random.SystemRandom().randrange(2**31)
-  p = init_dit_params(CFG, jax.random.key(seed))
-  p["head"]["proj"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(seed + 1), p["head"]["proj"]["kernel"].shape)
-  return p
+  return random_dit_params(CFG, random.SystemRandom().randrange(2**31))
 
 
 def _stream(params, mask_cache, n_chunks, seed):

@@ -10,11 +10,12 @@ import pytest
 
 from liveedit_jax import cli
 from liveedit_jax.config import DiTConfig
-from liveedit_jax.dit import init_dit_params, text_kv_per_layer
+from liveedit_jax.dit import text_kv_per_layer
 from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.prompt_switch import empty_history, push_history, switch_prompt
 from liveedit_jax.streaming import StreamConfig, advance, chunk_forward, init_stream, stream_step
 from tests.numerics import FP32_RTOL, rel_err
+from tests.random_params import random_dit_params
 
 CFG = DiTConfig.preset("tiny")
 H, W, CHUNK = 4, 6, 3
@@ -24,11 +25,7 @@ NO_MASK = MaskCacheConfig(cache_on="none")
 
 @pytest.fixture(scope="module")
 def params():
-  seed = random.SystemRandom().randrange(2**31)
-  p = init_dit_params(CFG, jax.random.key(seed))
-  # Wan zero-initialises the head; random weights make every output depend on the whole network.
-  p["head"]["proj"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(seed + 1), p["head"]["proj"]["kernel"].shape)
-  return p
+  return random_dit_params(CFG, random.SystemRandom().randrange(2**31))
 
 
 def _context(rng):

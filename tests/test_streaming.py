@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from liveedit_jax.config import DiTConfig
-from liveedit_jax.dit import dit_forward, init_dit_params
+from liveedit_jax.dit import dit_forward
 from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, x0_from_flow
 from liveedit_jax.streaming import (StreamConfig, _stream_step, advance, init_stream, stream_forward,
                                     stream_step)
 from tests.numerics import FP32_RTOL, rel_err
+from tests.random_params import random_dit_params
 
 CFG = DiTConfig.preset("tiny")
 H, W = 4, 6  # latent size: 2×3 patches, P = 6 tokens per frame
@@ -28,11 +29,7 @@ def _seed():
 
 @pytest.fixture(scope="module")
 def params():
-  seed = _seed()
-  p = init_dit_params(CFG, jax.random.key(seed))
-  # Wan zero-initialises the head; random weights make every output depend on the whole network.
-  p["head"]["proj"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(seed + 1), p["head"]["proj"]["kernel"].shape)
-  return p
+  return random_dit_params(CFG, _seed())
 
 
 def _context(rng, b=1):

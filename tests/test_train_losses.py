@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from liveedit_jax.dit import dit_forward, init_dit_params, text_kv_per_layer
+from liveedit_jax.dit import dit_forward, text_kv_per_layer
 from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, x0_from_flow
 from tests.numerics import FP32_RTOL, rel_err
+from tests.random_params import random_dit_params
 from train.configs import TrainConfig
 from train.losses import dmd_generator_loss, dmd_objective, drop_text, predict_x0
 from liveedit_jax.mask_cache import MaskCacheConfig
@@ -29,10 +30,7 @@ def _seed():
 
 
 def _params(seed):
-  p = init_dit_params(DIT, jax.random.key(seed))
-  # Wan zero-initialises the head; random weights make every output depend on the whole network.
-  p["head"]["proj"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(seed + 1), p["head"]["proj"]["kernel"].shape)
-  return p
+  return random_dit_params(DIT, seed)
 
 
 def _batch(rng):
