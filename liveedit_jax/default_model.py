@@ -29,11 +29,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from liveedit_jax import cli, param_io
+from liveedit_jax import autoencoders, cli, param_io
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.umt5 import KIND as UMT5_KIND
 from liveedit_jax.umt5 import UMT5Config
-from liveedit_jax.vae import VAEConfig
 
 ENV = "LIVEEDIT_DEFAULT_MODEL"
 DEFAULT_DIR = Path(__file__).resolve().parent / "models" / "synth"
@@ -186,12 +185,15 @@ def resolve(dit: str | None, vae: str | None, text_encoder: str | None, text: bo
   return ModelDirs(**{p: str(default_paths[p]) if p in defaults else given[p] for p in PARTS}, defaults=defaults)
 
 
-def check_models(dirs: ModelDirs, height: int, width: int) -> tuple[DiTConfig, VAEConfig, UMT5Config | None]:
+def check_models(dirs: ModelDirs, height: int, width: int) -> tuple[DiTConfig, autoencoders.Config,
+                                                                   UMT5Config | None]:
   """Reads the configs (no weights) and checks that the parts fit each other and the frame size; a mismatch is
-  one ValueError naming both directories. Returns (DiT, VAE, text encoder or None) configs."""
+  one ValueError naming both directories. Returns (DiT, VAE or TAEHV: `dirs.vae` holds either, text encoder or
+  None) configs."""
   name = dirs.label
   dit = DiTConfig.from_dict(param_io.read_config(dirs.dit, "dit"))
-  vae = VAEConfig.from_dict(param_io.read_config(dirs.vae, "vae"))
+  vae = autoencoders.read_config(dirs.vae)
+  kind = autoencoders.kind_of(vae)
   text = None
   if dirs.text_encoder is not None:
     text = UMT5Config.from_dict({k: v for k, v in param_io.read_config(dirs.text_encoder, UMT5_KIND).items()
@@ -200,9 +202,9 @@ def check_models(dirs: ModelDirs, height: int, width: int) -> tuple[DiTConfig, V
     raise ValueError(f"{name('dit')}: config {dit.name!r} has in_channels {dit.in_channels}, expected "
                      f"{2 * dit.latent_channels} (an editing model: noisy ‖ source latents); convert a LiveEdit "
                      f"checkpoint, or widen a text-to-video one with `python -m convert.wan_dit --in-channels 32`")
-  if vae.z_dim != dit.latent_channels:
-    raise ValueError(f"{name('vae')}: VAE z_dim {vae.z_dim} differs from the DiT's latent_channels "
-                     f"{dit.latent_channels} (in_channels {dit.in_channels} / 2) of {name('dit')}")
+  if (channels := autoencoders.latent_channels(vae)) != dit.latent_channels:
+    raise ValueError(f"{name('vae')}: {kind.noun} {kind.channels_field} {channels} differs from the DiT's "
+                     f"latent_channels {dit.latent_channels} (in_channels {dit.in_channels} / 2) of {name('dit')}")
   if text is not None and text.dim != dit.text_dim:
     raise ValueError(f"{name('text_encoder')}: text encoder width {text.dim} differs from the DiT's text_dim "
                      f"{dit.text_dim} ({name('dit')})")
@@ -213,6 +215,6 @@ def check_models(dirs: ModelDirs, height: int, width: int) -> tuple[DiTConfig, V
   s = vae.spatial_factor
   if height <= 0 or width <= 0 or height % (s * ph) or width % (s * pw):
     raise ValueError(f"--height {height} and --width {width} must be positive multiples of {s * ph} and "
-                     f"{s * pw}: the VAE ({name('vae')}) downsamples by {s} and the DiT's patch ({name('dit')}) is "
-                     f"{ph}×{pw} latents")
+                     f"{s * pw}: the {kind.noun} ({name('vae')}) downsamples by {s} and the DiT's patch "
+                     f"({name('dit')}) is {ph}×{pw} latents")
   return dit, vae, text

@@ -11,10 +11,14 @@
     python -m liveedit_jax.evaluate --editor sampler --chunk-causal --dit runs/synth/stage2 ... --steps 50
     # the default model (shipped in the package) as a streaming editor
     python -m liveedit_jax.evaluate --editor stream --split test --clips 32
+    # a TAEHV (python -m convert.taehv) decoding what the Wan VAE encodes, or doing both (--vae DIR alone)
+    python -m liveedit_jax.evaluate --editor stream --dit ... --vae checkpoints/wan2.1-vae \\
+        --decoder checkpoints/taew2_1
 
 Models: each of --dit, --vae and --text-encoder left out is the default model's part (`default_model.py`; the
-directory LIVEEDIT_DEFAULT_MODEL names instead, when set), its files checked against their sha256 first; parts
-that do not fit each other are refused in one line naming both directories. Clip sizes (--frames, --height,
+directory LIVEEDIT_DEFAULT_MODEL names instead, when set), its files checked against their sha256 first; parts that do
+not fit each other are refused in one line naming both directories. --vae (encodes and decodes) and --decoder (decodes
+instead) each take a converted Wan VAE or TAEHV directory, as the stream CLI's do. Clip sizes (--frames, --height,
 --width) default to the default DiT's native size when it runs, else to the benchmark's 33 × 128 × 128.
 
 Clip i of a run is `synthetic.make_example(split, seed + i, frames, height, width)`, and the editor's noise for
@@ -24,13 +28,18 @@ how many clips the run has or where it starts, and a run repeats bit for bit.
 Editors:
   source   returns its input: the do-nothing baseline (perfect background, edit accuracy 0).
   target   returns the ground truth: the ceiling (PSNRs at metrics' cap, accuracy 1, flicker 0).
-  stream   `stream_step` chunk by chunk as `python -m liveedit_jax.stream` runs it: `vae_encode_step` of 9 video
-           frames then 12 (Wan's VAE encodes the first frame alone), `init_stream` + `stream_step` per chunk,
-           `vae_decode_step`; a partial last chunk is padded by repeating its last frame. Needs T = 1 + 4k.
-  sampler  `sampler.sample_edit` on whole-clip `vae_encode` latents (`--steps` Euler steps, 2 forwards each with
-           `--guidance` ≠ 1), bidirectional, or chunk-causal with `--chunk-causal` (latent frames a multiple of 3),
-           then `vae_decode`. The negative prompt is the all-zero context: the null prompt that text dropout trains
-           (`train/losses.py:drop_text`), not the encoded empty string.
+  stream   `stream_step` chunk by chunk as `python -m liveedit_jax.stream` runs it: the encode step of 9 video
+           frames then 12 (Wan's VAE encodes the first frame alone; a TAEHV encoder takes 12 every time),
+           `init_stream` + `stream_step` per chunk, the decode step (9 frames, then 12, either decoder); a partial
+           last chunk is padded by repeating its last frame. Needs T = 1 + 4k. Output frame j is scored against
+           ground-truth frame j: a TAEHV encoder's latents look 3 frames ahead, so its stream writes each frame 3
+           frames after reading it and flushes the last ones with a chunk of padding (as the stream CLI does);
+           the T edited frames are those of source frames 0 … T − 1, not shifted.
+  sampler  `sampler.sample_edit` on whole-clip `vae_encode` (or `taehv_encode`) latents (`--steps` Euler steps,
+           2 forwards each with `--guidance` ≠ 1), bidirectional, or chunk-causal with `--chunk-causal` (latent
+           frames a multiple of 3), then `vae_decode` (or `taehv_decode`). The negative prompt is the all-zero
+           context: the null prompt that text dropout trains (`train/losses.py:drop_text`), not the encoded empty
+           string.
 
 Per clip the JSON record holds split, index, seed, instruction, the edit (`synthetic.Edit` as a dict) and:
   psnr, background_psnr, edit_psnr, chroma_psnr (the colour alone, `metrics.chroma_psnr`), ssim, background_ssim,
@@ -67,16 +76,17 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from liveedit_jax import cli, default_model, metrics, synthetic
+from liveedit_jax import autoencoders, cli, default_model, metrics, synthetic
+from liveedit_jax.autoencoders import Autoencoder
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import load_dit
 from liveedit_jax.sampler import sample_edit
 from liveedit_jax.schedule import GENERATOR_SHIFT
-from liveedit_jax.stream import add_stream_options, stream_options
+from liveedit_jax.stream import (add_autoencoder_options, add_stream_options, check_decoder, decode_chunk, decoder_dir,
+                                 encode_chunk, stream_options)
 from liveedit_jax.streaming import StreamConfig, init_stream, stream_step
 from liveedit_jax.umt5 import TextEncoder, UMT5Config, encode_prompts, load_text_encoder
-from liveedit_jax.vae import (VAEConfig, init_vae_stream, load_vae, vae_decode, vae_decode_step, vae_encode,
-                              vae_encode_step)
+from liveedit_jax.vae import init_vae_stream, load_vae  # noqa: F401 (notebooks/cache_placement.ipynb reads them here)
 from liveedit_jax.video_io import open_writer, to_float, to_uint8
 
 EDITORS = ("source", "target", "stream", "sampler")
@@ -92,11 +102,9 @@ SCALAR_KEYS = ("psnr", "background_psnr", "edit_psnr", "chroma_psnr", "ssim", "b
                "edit_accuracy", "flicker", "mask_iou")
 
 # Jitted once per process (configs are static and hashable), so the clips of a run, and runs in one process,
-# share compilations; the stream steps donate their state as the stream CLI's do.
-encode_chunk = jax.jit(vae_encode_step, static_argnums=0, static_argnames="first", donate_argnums=2)
-decode_chunk = jax.jit(vae_decode_step, static_argnums=0, static_argnames="first", donate_argnums=2)
-encode_clip = jax.jit(vae_encode, static_argnums=0)
-decode_clip = jax.jit(vae_decode, static_argnums=0)
+# share compilations; the stream steps are the stream CLI's own jits (`encode_chunk`, `decode_chunk`).
+encode_clip = jax.jit(autoencoders.encode, static_argnums=0)
+decode_clip = jax.jit(autoencoders.decode, static_argnums=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,13 +130,23 @@ def target_editor(example: synthetic.EditExample) -> Edited:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Models:
-  """The loaded DiT, VAE (params on the default device) and text encoder."""
+  """The loaded DiT, autoencoder (--vae, a Wan VAE or a TAEHV: it encodes, and decodes unless `decoder` is set) and
+  text encoder, params on the default device, and the --decoder autoencoder."""
 
   dit_config: DiTConfig
   dit_params: Any
-  vae_config: VAEConfig
+  vae_config: autoencoders.Config
   vae_params: Any
   text_encoder: TextEncoder
+  decoder: Autoencoder | None = None  # None: the VAE decodes
+
+  @property
+  def encoding(self) -> Autoencoder:
+    return Autoencoder(self.vae_config, self.vae_params)
+
+  @property
+  def decoding(self) -> Autoencoder:
+    return self.decoder or self.encoding
 
   def context(self, instruction: str) -> np.ndarray:
     """[1, text_len, text_dim] embedding of the instruction (rows past it zero), on the host as the stream CLI
@@ -137,10 +155,10 @@ class Models:
     return np.asarray(jax.device_get(encode_prompts(self.text_encoder, [instruction])))
 
 
-def stream_chunk_sizes(options: StreamConfig, vae_config: VAEConfig) -> tuple[int, int]:
-  """Video frames of the first chunk and of each later one (9 and 12 for 3-latent chunks and Wan's VAE)."""
-  c, k = options.chunk_frames, vae_config.temporal_factor
-  return 1 + k * (c - 1), k * c
+def stream_chunk_sizes(options: StreamConfig, decoder: autoencoders.Config) -> tuple[int, int]:
+  """Video frames the stream writes for the first chunk and for each later one (9 and 12 for 3-latent chunks,
+  with a Wan or a TAEHV decoder; a TAEHV encoder reads 12 for the first, `autoencoders.chunking`)."""
+  return autoencoders.chunking(decoder, decoder, options.chunk_frames).written
 
 
 def frame_chunks(frames: int, sizes: tuple[int, int]) -> list[int]:
@@ -153,35 +171,41 @@ def frame_chunks(frames: int, sizes: tuple[int, int]) -> list[int]:
 
 def edit_stream(models: Models, options: StreamConfig, frames: np.ndarray, context: np.ndarray,
                 key: jax.Array) -> Edited:
-  """Edits uint8 frames [T, H, W, 3] chunk by chunk: encode → `stream_step` → decode, as the stream CLI does.
+  """Edits uint8 frames [T, H, W, 3] chunk by chunk: encode → `stream_step` → decode, as the stream CLI does
+  (`autoencoders.stream_chunks`: output frame j is the edit of frame j, so the T frames align with the ground
+  truth with a TAEHV encoder too, which writes them 3 frames late and flushes its last ones with a padding chunk).
 
   context: [1, L, text_dim]; key: the stream's noise key. With the mask cache on, `Edited.recomputed` holds, for
   chunks 1…, the active spatial tokens the step chose after the previous chunk.
   """
   m = models
-  t, height, width, _ = frames.shape
-  s = m.vae_config.spatial_factor
+  _, height, width, _ = frames.shape
+  encoder, decoder = m.encoding, m.decoding
+  s = encoder.config.spatial_factor
   state = init_stream(m.dit_config, m.dit_params, context, latent_height=height // s, latent_width=width // s,
                       options=options, rng=key)
-  vae_state = init_vae_stream(m.vae_config, 1, height, width)
+  ae_state = autoencoders.init_state(encoder.config, decoder.config, 1, height, width)
   frame_tokens = state.kv.frame_tokens
-  sizes = stream_chunk_sizes(options, m.vae_config)
-  out, recomputed, first_frame_s, start = [], [], None, 0
+  chunking = autoencoders.chunking(encoder.config, decoder.config, options.chunk_frames)
+  out, recomputed, first_frame_s, read = [], [], None, 0
+
+  def take(n: int) -> np.ndarray:
+    nonlocal read
+    read += n
+    return frames[read - n:read]
+
   begin = time.perf_counter()
-  for i, real in enumerate(frame_chunks(t, sizes)):
-    chunk = frames[start:start + real]
-    start += real
-    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], sizes[i > 0] - real, axis=0)])
+  for i, (chunk, source) in enumerate(autoencoders.stream_chunks(take, chunking)):
     if state.tokens is not None and i > 0:
       # Read before the step donates the state: the tokens this chunk recomputes, chosen after the last one.
       active = np.zeros(frame_tokens, bool)
       active[np.asarray(state.tokens.active[0])] = True
       recomputed.append(active)
-    vae_state, latents = encode_chunk(m.vae_config, m.vae_params, vae_state, jax.device_put(to_float(chunk)[None]),
-                                      first=i == 0)
+    ae_state, latents = encode_chunk(encoder.config, encoder.params, ae_state, jax.device_put(to_float(chunk)[None]),
+                                     first=i == 0)
     edited, state = stream_step(m.dit_config, m.dit_params, state, latents)
-    vae_state, decoded = decode_chunk(m.vae_config, m.vae_params, vae_state, edited, first=i == 0)
-    out.append(to_uint8(jax.device_get(decoded)[0, :real]))
+    ae_state, decoded = decode_chunk(decoder.config, decoder.params, ae_state, edited, first=i == 0)
+    out.append(to_uint8(jax.device_get(decoded)[0, :len(source)]))
     if first_frame_s is None:
       first_frame_s = time.perf_counter() - begin
   time_s = time.perf_counter() - begin
@@ -199,7 +223,8 @@ class SamplerOptions:
 
 def edit_sampler(models: Models, options: SamplerOptions, frames: np.ndarray, context: np.ndarray,
                  key: jax.Array) -> Edited:
-  """Edits uint8 frames [T = 1 + 4k, H, W, 3] as one clip: `vae_encode` → `sample_edit` → `vae_decode`.
+  """Edits uint8 frames [T = 1 + 4k, H, W, 3] as one clip: whole-clip encode (`vae_encode` or `taehv_encode`) →
+  `sample_edit` → whole-clip decode.
 
   The negative prompt is the zero context, the null prompt of training's text dropout.
   """
@@ -209,7 +234,8 @@ def edit_sampler(models: Models, options: SamplerOptions, frames: np.ndarray, co
   latents = sample_edit(m.dit_config, m.dit_params, source, context, jnp.zeros_like(context), key,
                         chunk_frames=options.chunk_frames, num_steps=options.steps, guidance=options.guidance,
                         shift=options.shift)
-  out = to_uint8(jax.device_get(decode_clip(m.vae_config, m.vae_params, latents))[0])
+  decoder = m.decoding
+  out = to_uint8(jax.device_get(decode_clip(decoder.config, decoder.params, latents))[0])
   time_s = time.perf_counter() - begin
   return Edited(out, time_s, time_s)  # every frame arrives at once
 
@@ -341,7 +367,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   models = parser.add_argument_group("models (stream and sampler editors; a model left out is the default model's "
                                      f"part, under {default_model.shown(default_model.directory())})")
   models.add_argument("--dit", help="converted DiT directory")
-  models.add_argument("--vae", help="converted VAE directory")
+  add_autoencoder_options(models, "the default model's vae")
   models.add_argument("--text-encoder", help="converted umT5 directory (embeds each clip's instruction)")
   models.add_argument("--dtype", choices=("bfloat16", "float32"),
                       help="compute dtype of the models (default: bfloat16 on GPU, float32 elsewhere)")
@@ -371,19 +397,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   return args
 
 
-def check_models(args: argparse.Namespace) -> tuple[DiTConfig, VAEConfig, UMT5Config]:
-  """Reads the three configs (no weights) and checks that they fit each other, the frame size and count."""
-  dit, vae, text = default_model.check_models(args.models, args.height, args.width)
-  k = vae.temporal_factor
-  if (args.frames - 1) % k:
-    raise ValueError(f"--frames {args.frames}: the {args.editor} editor needs 1 + {k}·n frames (Wan's VAE "
-                     f"encodes the first frame alone, then groups of {k}), e.g. {1 + k * max(1, args.frames // k)}")
-  latent_frames = 1 + (args.frames - 1) // k
+def check_models(args: argparse.Namespace) -> tuple[DiTConfig, autoencoders.Config, autoencoders.Config,
+                                                   UMT5Config]:
+  """Reads the configs (no weights) and checks that they fit each other, the frame size and count. Returns the
+  (DiT, encoder, decoder, text encoder) configs."""
+  dit, encoder, text = default_model.check_models(args.models, args.height, args.width)
+  decoder = check_decoder(args, encoder)
   chunk = StreamConfig().chunk_frames
+  k = stream_chunk_sizes(StreamConfig(), decoder)[1] // chunk  # frames a latent decodes to after the first
+  if (args.frames - 1) % k:
+    raise ValueError(f"--frames {args.frames}: the {args.editor} editor needs 1 + {k}·n frames (1 + n latents: the "
+                     f"first decodes to one frame, each later one to {k}), e.g. {1 + k * max(1, args.frames // k)}")
+  latent_frames = 1 + (args.frames - 1) // k
   if args.editor == "sampler" and args.chunk_causal and latent_frames % chunk:
     raise ValueError(f"--frames {args.frames} gives {latent_frames} latent frames; --chunk-causal needs a "
                      f"multiple of {chunk} (e.g. --frames {1 + k * (chunk * max(1, latent_frames // chunk) - 1)})")
-  return dit, vae, text
+  return dit, encoder, decoder, text
 
 
 def check_sizes(args: argparse.Namespace) -> None:
@@ -402,18 +431,25 @@ def build_editor(args: argparse.Namespace) -> tuple[Editor, dict[str, Any]]:
     return source_editor, geometry
   if args.editor == "target":
     return target_editor, geometry
-  check_models(args)
+  _, encoder, decoder, _ = check_models(args)
   dtype = args.dtype or ("bfloat16" if jax.default_backend() == "gpu" else "float32")
   dirs = args.models
   defaults = f", the default model's {', '.join(dirs.defaults)}" if dirs.defaults else ""
-  with cli.status(f"loading the DiT, VAE and text encoder ({dtype}{defaults})"):
-    models = Models(*load_dit(dirs.dit, compute_dtype=dtype), *load_vae(dirs.vae, compute_dtype=dtype),
-                    load_text_encoder(dirs.text_encoder, dtype))
+  nouns = autoencoders.kind_of(encoder).noun
+  if args.decoder is not None:
+    nouns += f" encoder, {autoencoders.kind_of(decoder).noun} decoder"
+  with cli.status(f"loading the DiT, {nouns} and text encoder ({dtype}{defaults})"):
+    vae = autoencoders.load(dirs.vae, compute_dtype=dtype)
+    models = Models(*load_dit(dirs.dit, compute_dtype=dtype), vae.config, vae.params,
+                    load_text_encoder(dirs.text_encoder, dtype),
+                    None if args.decoder is None else autoencoders.load(args.decoder, compute_dtype=dtype))
   options = stream_options(args)
   _, ph, pw = models.dit_config.patch_size
-  s = models.vae_config.spatial_factor
-  geometry = {"chunk_sizes": stream_chunk_sizes(options, models.vae_config), "pixels_per_token": (s * ph, s * pw),
-              "temporal_factor": models.vae_config.temporal_factor, "chunk_frames": options.chunk_frames}
+  s = encoder.spatial_factor
+  sizes = stream_chunk_sizes(options, decoder)
+  # Decoded latent i ends at frame 4i with either decoder, so the edit's tokens map to frames as Wan's do.
+  geometry = {"chunk_sizes": sizes, "pixels_per_token": (s * ph, s * pw),
+              "temporal_factor": sizes[1] // options.chunk_frames, "chunk_frames": options.chunk_frames}
   if args.editor == "stream":
     return model_editor(edit_stream, models, options), geometry
   sampler = SamplerOptions(steps=args.steps, guidance=args.guidance, shift=args.shift,
@@ -481,8 +517,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
       bar.update()
   config = {k: v for k, v in vars(args).items() if k not in ("json", "overwrite", "videos", "video_clips", "models")}
   if args.models is not None:  # the directories that ran, and which of them were the default model's
-    config.update(dit=args.models.dit, vae=args.models.vae, text_encoder=args.models.text_encoder,
-                  default_parts=list(args.models.defaults))
+    config.update(dit=args.models.dit, vae=args.models.vae, decoder=decoder_dir(args),
+                  text_encoder=args.models.text_encoder, default_parts=list(args.models.defaults))
   result = {"config": config, "records": records, "summary": summarize(records)}
   if args.json:
     _write_json(args.json, result)

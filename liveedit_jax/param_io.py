@@ -73,12 +73,19 @@ _WRITERS = {"dit": "python -m convert.wan_dit (or a training run's export/)", "v
 
 def read_config(path: str | os.PathLike, kind: str) -> dict[str, Any]:
   """The `config` dict of a converted directory, checking that it holds a model of `kind`."""
+  return read_kind_config(path, (kind,))[1]
+
+
+def read_kind_config(path: str | os.PathLike, kinds: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+  """(kind, config dict) of a converted directory, checking that it holds a model of one of `kinds` (e.g. ("vae",
+  "taehv"): either autoencoder); every problem is one line naming the directory or its config file."""
   path = Path(path)
-  writer = _WRITERS.get(kind, "a converter")
+  expected = " or ".join(kinds)
+  writer = " or ".join(_WRITERS.get(kind, "a converter") for kind in kinds)
   if not path.exists():
-    raise FileNotFoundError(f"{path}: no such directory (expected a converted {kind} model, written by {writer})")
+    raise FileNotFoundError(f"{path}: no such directory (expected a converted {expected} model, written by {writer})")
   if not path.is_dir():
-    raise NotADirectoryError(f"{path} is a file; expected a converted {kind} model directory (written by "
+    raise NotADirectoryError(f"{path} is a file; expected a converted {expected} model directory (written by "
                              f"{writer}), not a checkpoint file")
   config_file = path / CONFIG_FILE
   if not config_file.is_file():
@@ -90,9 +97,10 @@ def read_config(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     raise ValueError(f"{config_file}: not valid JSON ({e})") from None
   if not isinstance(meta, dict) or "config" not in meta:
     raise ValueError(f"{config_file}: not a converted model's config (no \"kind\" and \"config\" entries)")
-  if meta.get("kind") != kind:
-    raise ValueError(f"{path} holds a {meta.get('kind')!r} checkpoint, expected {kind!r}")
-  return meta["config"]
+  if meta.get("kind") not in kinds:
+    raise ValueError(f"{config_file}: \"kind\" is {meta.get('kind')!r}, expected "
+                     f"{' or '.join(map(repr, kinds))} (a model written by {writer})")
+  return meta["kind"], meta["config"]
 
 
 def load_params(path: str | os.PathLike, abstract_params: Any | None = None) -> Any:

@@ -5,39 +5,52 @@
     python -m liveedit_jax.stream --input in.mp4 --output out.mp4 --prompt "make it snowy" \\
         --dit checkpoints/liveedit-1.3b --vae checkpoints/wan2.1-vae \\
         --text-encoder checkpoints/umt5-xxl --prompt-cache cache/prompts
+    python -m liveedit_jax.stream --input in.mp4 --output out.mp4 --prompt "make it snowy" \\
+        --vae checkpoints/wan2.1-vae --decoder checkpoints/taew2_1 ...      # TAEHV decodes (python -m convert.taehv)
     python -m liveedit_jax.stream --input webcam:/dev/video0 --output - --context snowy.npy ... | ffplay \\
         -f rawvideo -pixel_format rgb24 -video_size 832x480 -framerate 16 -
     python -m liveedit_jax.stream --input in.mp4 --output out.mp4 --prompt "make the circle red" \\
         --prompt-at 48:"make the circle green" --prompt-schedule later.txt --recache
 
-Per chunk of 3 latent frames (9 video frames for the first chunk, 12 for each later one; Wan's VAE encodes the
-first frame alone): VAE encode → `stream_step` (the distilled DiT's denoising steps against the KV cache) → VAE
-decode → write and flush. The three stages are dispatched without waiting for each other (JAX runs them
-asynchronously), while a reader thread reads the next chunks and a writer thread waits for each finished chunk,
-converts it to uint8 and writes it, each through a queue of 2 chunks: reading, the device's work and writing
-overlap. `--sync-stages` instead waits for each stage and reads, edits and writes one chunk after the other (the
-same frames, bit for bit), to time the stages. Every step is compiled ahead of time, before the first chunk,
-once for the first chunk and once for the rest (concurrently, in a thread pool), with its state donated, so a
-stream of any length runs at constant memory and no chunk waits for a compile. The compiled programs are kept in
-JAX's persistent compilation cache, $XDG_CACHE_HOME/liveedit_jax/jax_cache (~/.cache/... without XDG_CACHE_HOME),
-so a second run reads them from disk instead of compiling (`--no-compile-cache`: neither read nor written).
-`--attention` picks the DiT's attention implementation (pallas: the kernels of liveedit_kernels/ measured fastest on
-this GPU). A partial last chunk is padded by repeating its last frame and only its real frames are written. The prompt
-is embedded once before streaming (through the prompt cache when given, so the 11 GB text encoder is loaded only
-on a miss and freed before the DiT loads), or a precomputed [1, L, text_dim] embedding is read (`--context`).
+Per chunk of 3 latent frames (9 video frames for the first chunk, 12 for each later one; Wan's VAE encodes the first
+frame alone): encode → `stream_step` (the distilled DiT's denoising steps against the KV cache) → decode → write and
+flush. A TAEHV encoder reads 12 frames for every chunk, the first one included, and looks 3 frames further ahead than
+Wan's, so the stream writes each frame 3 frames after reading it (9 then 12 frames written per chunk, as with Wan's;
+output frame j is the edit of input frame j whichever the encoder, `autoencoders.py`), and after the input's end one
+more chunk of padding writes the 3 frames still held. The three stages are dispatched without waiting for each other
+(JAX runs them asynchronously), while a reader thread reads the next chunks and a writer thread waits for each
+finished chunk, converts it to uint8 and writes it, each through a queue of 2 chunks: reading, the device's work and
+writing overlap. `--sync-stages` instead waits for each stage and reads, edits and writes one chunk after the other
+(the same frames, bit for bit), to time the stages. Every step is compiled ahead of time, before the first chunk, once
+for the first chunk and once for the rest (concurrently, in a thread pool), with its state donated, so a stream of any
+length runs at constant memory and no chunk waits for a compile. The compiled programs are kept in JAX's persistent
+compilation cache, $XDG_CACHE_HOME/liveedit_jax/jax_cache (~/.cache/... without XDG_CACHE_HOME), so a second run reads
+them from disk instead of compiling (`--no-compile-cache`: neither read nor written). `--attention` picks the DiT's
+attention implementation (pallas: the kernels of liveedit_kernels/ measured fastest on this GPU). A partial last chunk
+is padded by repeating its last frame and only its real frames are written. The prompt is embedded once before
+streaming (through the prompt cache when given, so the 11 GB text encoder is loaded only on a miss and freed before
+the DiT loads), or a precomputed [1, L, text_dim] embedding is read (`--context`).
 
 A prompt schedule changes the instruction while streaming: `--prompt-at FRAME:TEXT` (repeatable) and
-`--prompt-schedule FILE` (a FRAME and its TEXT per line, separated by the first tabs or spaces; blank lines and
-lines starting with # skipped; FRAME as given to --prompt-at) each switch to TEXT at the first chunk boundary at or
-after input frame FRAME (0-based: chunks start at frames 0, 9, 21, 33, ...; a FRAME past the input's end, or
---max-frames, is never reached; of several due at one boundary the last applies). FRAME must be a non-negative
-integer, TEXT not empty, and no two entries may share a FRAME. Every prompt is embedded before streaming with
---prompt (one text encoder load for all, through the prompt cache when given, each checked for unknown words, each
-embedded alone so that it does not depend on the others), so a schedule needs the text encoder: not --context. The
-switch (`prompt_switch`: new cross-attention K/V; with the mask cache the next chunk recomputes every token) is
+`--prompt-schedule FILE` (a FRAME and its TEXT per line, separated by the first tabs or spaces; blank lines and lines
+starting with # skipped; FRAME as given to --prompt-at) each switch to TEXT at the first chunk boundary at or after
+input frame FRAME (0-based: chunks' outputs start at frames 0, 9, 21, 33, ... with either encoder; a FRAME past the
+input's end, or --max-frames, is never reached; of several due at one boundary the last applies). FRAME must be a
+non-negative integer, TEXT not empty, and no two entries may share a FRAME. Every prompt is embedded before streaming
+with --prompt (one text encoder load for all, through the prompt cache when given, each checked for unknown words,
+each embedded alone so that it does not depend on the others), so a schedule needs the text encoder: not --context.
+The switch (`prompt_switch`: new cross-attention K/V; with the mask cache the next chunk recomputes every token) is
 compiled ahead of time with the other steps, so a switch compiles nothing. The KV cache's past frames are kept as
 edited under the old prompt, or with `--recache` re-cached under the new one from a history of the cached chunks'
 latents (kept, one push per chunk, only then; one DiT forward per cached chunk at a switch; not with sink frames).
+
+Autoencoders: --vae encodes and decodes, a converted Wan VAE or TAEHV directory (`python -m convert.wan_vae` or
+`python -m convert.taehv`), told apart by the kind in its config.json; --decoder, another such directory, decodes
+instead: `--vae checkpoints/wan2.1-vae --decoder checkpoints/taew2_1` is the real-time pair (Wan's encoder,
+TAEHV's 11 M-parameter decoder), `--vae checkpoints/taew2_1` uses TAEHV both ways, `--vae checkpoints/taew2_1
+--decoder checkpoints/wan2.1-vae` encodes with TAEHV alone. TAEHV's latents are the DiT's (Wan's normalised
+latents), so they pass between the sides unchanged. A --decoder whose latent channels, spatial factor or frames per
+latent differ from the encoder's is refused in one line naming both directories.
 
 Models: each of --dit, --vae and --text-encoder left out is the default model's part (`default_model.py`: the
 procedural benchmark's small editor shipped in the package, or the directory LIVEEDIT_DEFAULT_MODEL names), its
@@ -67,7 +80,9 @@ chunk recomputed and the IoU of its mask with the previous chunk's. A summary li
 seconds, frames per second after chunk 0 and the time from the start of the run to the first edited frame written.
 On a terminal a bar (frames done of the total, frames/s, ETA) runs below the lines. Frames within a chunk attend to
 each other, so the output of a run stopped at a chunk boundary (Ctrl-C, SIGTERM, `--max-frames`) is a prefix of the
-full run's; stopped by Ctrl-C or SIGTERM, the run still writes the chunks handed to the writer (at most 3), whole.
+full run's (with a TAEHV encoder, --max-frames's last chunk excepted: its last latent looks ahead into padding
+instead of the frames past the limit); stopped by Ctrl-C or SIGTERM, the run still writes the chunks handed to the
+writer (at most 3), whole.
 Errors are one line (`--debug` or LIVEEDIT_DEBUG=1 for the traceback).
 """
 
@@ -92,7 +107,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from liveedit_jax import cli, default_model, prompt_switch
+from liveedit_jax import autoencoders, cli, default_model, prompt_switch
+from liveedit_jax.autoencoders import Autoencoder, AutoencoderState, Chunking
 from liveedit_jax.config import AttentionImpl, DiTConfig
 from liveedit_jax.dit import load_dit
 from liveedit_jax.mask_cache import MaskCacheConfig
@@ -101,14 +117,13 @@ from liveedit_jax.prompt_switch import History, push_history
 from liveedit_jax.streaming import StreamConfig, StreamState, init_stream, stream_step
 from liveedit_jax.tokenizer import SPIECE_FILE, TOKENIZER_JSON, Tokenizer, clean_prompt
 from liveedit_jax.umt5 import encode_prompts, load_text_encoder, text_encoder_identity
-from liveedit_jax.vae import VAEConfig, VAEStreamState, init_vae_stream, load_vae, vae_decode_step, vae_encode_step
 from liveedit_jax.video_io import (FrameReader, RawWriter, VideoIOError, VideoWriter, count_frames, is_raw,
                                    is_synthetic, open_reader, open_writer, parse_size, to_float, to_uint8)
 
 # Lowered and compiled by `compile_steps` (the configs are static and hashable, so runs in one process share the
-# compilations).
-vae_encode = jax.jit(vae_encode_step, static_argnums=0, static_argnames="first", donate_argnums=2)
-vae_decode = jax.jit(vae_decode_step, static_argnums=0, static_argnames="first", donate_argnums=2)
+# compilations; `python -m liveedit_jax.evaluate` runs these too).
+encode_chunk = jax.jit(autoencoders.encode_step, static_argnums=0, static_argnames="first", donate_argnums=2)
+decode_chunk = jax.jit(autoencoders.decode_step, static_argnums=0, static_argnames="first", donate_argnums=2)
 
 # Frame size and rate with a converted DiT (--dit): Wan's.
 CONVERTED_SIZE = {"height": 480, "width": 832, "fps": 16.0}
@@ -125,6 +140,33 @@ def add_stream_options(group: argparse._ArgumentGroup) -> argparse._ArgumentGrou
   group.add_argument("--cache-frames", type=int, default=18, help="past latent frames attended to")
   group.add_argument("--sink-frames", type=int, default=0, help="of those, first frames never evicted")
   return group
+
+
+def add_autoencoder_options(group: argparse._ArgumentGroup, default: str) -> argparse._ArgumentGroup:
+  """--vae and --decoder, shared with `python -m liveedit_jax.evaluate`; `check_decoder` and `decoder_dir` read
+  them back. default: what --vae is when left out."""
+  group.add_argument("--vae", help="the autoencoder that encodes and decodes: a converted Wan VAE (python -m "
+                     "convert.wan_vae) or TAEHV (python -m convert.taehv) directory, told apart by its config.json; "
+                     f"a TAEHV encoder's output runs 3 frames behind its input (default: {default})")
+  group.add_argument("--decoder", help="the autoencoder that decodes instead of --vae: a Wan VAE or TAEHV directory, "
+                     "e.g. taew2_1 after a Wan VAE's encoder for real time (TAEHV decodes the DiT's latents as they "
+                     "are)")
+  return group
+
+
+def decoder_dir(args: argparse.Namespace) -> str:
+  """The decoder's directory: --decoder, else --vae's (or the default model's VAE)."""
+  return args.decoder or args.models.vae
+
+
+def check_decoder(args: argparse.Namespace, encoder: autoencoders.Config) -> autoencoders.Config:
+  """The decoder's config (no weights read): --decoder's, checked against the encoder's (`encoder`, read from
+  --vae), else the encoder's own."""
+  if args.decoder is None:
+    return encoder
+  decoder = autoencoders.read_config(args.decoder)
+  autoencoders.check_pair(encoder, decoder, args.models.label("vae"), args.decoder)
+  return decoder
 
 
 def add_run_options(group: argparse._ArgumentGroup) -> argparse._ArgumentGroup:
@@ -245,7 +287,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   io.add_argument("--max-frames", type=int, help="stop after this many input frames")
   models = parser.add_argument_group("models and prompt (a model left out is the default model's part)")
   models.add_argument("--dit", help=f"converted DiT directory (python -m convert.wan_dit; default: {default_dir}dit)")
-  models.add_argument("--vae", help=f"converted VAE directory (python -m convert.wan_vae; default: {default_dir}vae)")
+  add_autoencoder_options(models, f"{default_dir}vae")
   prompt = models.add_mutually_exclusive_group()
   prompt.add_argument("--text-encoder", help="converted umT5 directory (python -m convert.umt5; default: "
                       f"{default_dir}text_encoder)")
@@ -264,7 +306,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="at a switch, re-cache the KV cache's frames under the new prompt (one DiT forward per "
                       "cached chunk) instead of keeping them as edited under the old one")
   models.add_argument("--dtype", choices=("bfloat16", "float32"),
-                      help="compute dtype of the DiT and VAE (default: bfloat16 on GPU, float32 elsewhere)")
+                      help="compute dtype of the DiT and autoencoders (default: bfloat16 on GPU, float32 elsewhere)")
   stream = add_stream_options(parser.add_argument_group("streaming"))
   stream.add_argument("--seed", type=int, default=0, help="seed of the denoising noise")
   add_run_options(parser.add_argument_group("running"))
@@ -418,12 +460,13 @@ def _elapsed_ms(start: float) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Models:
-  """The loaded DiT and VAE (params on the default device)."""
+  """The loaded DiT and autoencoders (params on the default device): `encoder` encodes and `decoder` decodes, the
+  same object when one directory does both."""
 
   dit_config: DiTConfig
   dit_params: Any
-  vae_config: VAEConfig
-  vae_params: Any
+  encoder: Autoencoder
+  decoder: Autoencoder
 
 
 # The mask statistics the progress line shows, [active fraction, IoU with the previous mask]: copied out of the
@@ -435,14 +478,14 @@ _mask_report = jax.jit(lambda stats: jnp.stack([stats.active_fraction, stats.iou
 class Steps:
   """The stream's executables, compiled ahead of time; each tuple holds the first chunk's and the later chunks'.
 
-  encode(vae_params, vae_state, video [1, T, H, W, 3] in [−1, 1]) → (vae_state, latents [1, c, h, w, z]);
-  dit(dit_params, state, latents) → (edited latents [1, c, h, w, z], state); decode(vae_params, vae_state, edited)
-  → (vae_state, video [1, T, H, W, 3]); mask(state.tokens.stats) → float32 [2] (`_mask_report`, one for every
-  chunk: the statistics have the same shapes), None without the mask cache. The states are donated, as the jitted
-  functions they are compiled from donate them. With a prompt schedule: switch(dit_params, state, context,
-  history) → state (`prompt_switch.switch_step`: new text K/V, with a history the KV cache re-cached; history None
-  with the keep policy) and, with --recache, push(history, edited, latents) → history (`push_history`); else None.
-  With the mask cache a switched state has first_chunk set, so its next chunk runs `dit[0]`.
+  encode(encoder params, ae_state, video [1, T_read, H, W, 3] in [−1, 1]) → (ae_state, latents [1, c, h, w, z]);
+  dit(dit_params, state, latents) → (edited latents [1, c, h, w, z], state); decode(decoder params, ae_state, edited)
+  → (ae_state, video [1, T_written, H, W, 3]) (`Chunking`'s counts); mask(state.tokens.stats) → float32 [2]
+  (`_mask_report`, one for every chunk: the statistics have the same shapes), None without the mask cache. The states
+  are donated, as the jitted functions they are compiled from donate them. With a prompt schedule: switch(dit_params,
+  state, context, history) → state (`prompt_switch.switch_step`: new text K/V, with a history the KV cache re-cached;
+  history None with the keep policy) and, with --recache, push(history, edited, latents) → history (`push_history`);
+  else None. With the mask cache a switched state has first_chunk set, so its next chunk runs `dit[0]`.
   """
 
   encode: tuple[Any, Any]
@@ -462,7 +505,7 @@ class Steps:
     return switched.replace(first_chunk=state.tokens is not None)
 
 
-def compile_steps(models: Models, state: StreamState, vae_state: VAEStreamState, chunk_sizes: tuple[int, int],
+def compile_steps(models: Models, state: StreamState, ae_state: AutoencoderState, chunking: Chunking,
                   height: int, width: int, context: jax.Array | None = None,
                   history: History | None = None) -> tuple[Steps, int]:
   """Lowers every step for the first and the later chunks (each state's shape taken from the previous lowering's
@@ -472,16 +515,16 @@ def compile_steps(models: Models, state: StreamState, vae_state: VAEStreamState,
   (steps, the number of executables)."""
   m = models
   abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)  # noqa: E731
-  vae_state, state, history = abstract(vae_state), abstract(state), abstract(history)
+  ae_state, state, history = abstract(ae_state), abstract(state), abstract(history)
   lowered: list[list[Any]] = [[], [], []]  # per step: first chunk, later chunks
-  for later, frames in enumerate(chunk_sizes):
+  for later, frames in enumerate(chunking.read):
     video = jax.ShapeDtypeStruct((1, frames, height, width, 3), jnp.float32)
-    encode = vae_encode.lower(m.vae_config, m.vae_params, vae_state, video, first=not later)
-    vae_state, latents = encode.out_info
+    encode = encode_chunk.lower(m.encoder.config, m.encoder.params, ae_state, video, first=not later)
+    ae_state, latents = encode.out_info
     dit = stream_step.lower(m.dit_config, m.dit_params, state, latents)
     edited, state = dit.out_info
-    decode = vae_decode.lower(m.vae_config, m.vae_params, vae_state, edited, first=not later)
-    vae_state, _ = decode.out_info
+    decode = decode_chunk.lower(m.decoder.config, m.decoder.params, ae_state, edited, first=not later)
+    ae_state, _ = decode.out_info
     for step, low in zip(lowered, (encode, dit, decode)):
       step.append(low)
   flat = [low for step in lowered for low in step]
@@ -501,15 +544,16 @@ def compile_steps(models: Models, state: StreamState, vae_state: VAEStreamState,
   return Steps(encode, dit, decode, **{"mask": None, **dict(zip(extra, compiled[6:]))}), len(compiled)
 
 
-def edit_chunk(models: Models, steps: Steps, vae_state: VAEStreamState, state: StreamState, frames: np.ndarray,
+def edit_chunk(models: Models, steps: Steps, ae_state: AutoencoderState, state: StreamState, frames: np.ndarray,
                later: bool, sync: bool, history: History | None = None):
   """One chunk through encode → DiT → decode, dispatched without waiting unless `sync` (then each stage is waited
   for, so that it can be timed).
 
-  frames: uint8 [T, H, W, 3] (T = 9 for the first chunk, 12 after). history: pushed the chunk's edited and source
-  latents (--recache; None: not kept). Returns (vae_state, state, edited frames float32 [1, T, H, W, 3] in [−1, 1]
-  on the device, [active fraction, IoU] of the mask chosen for the next chunk (a device float32 [2]; None without
-  the mask cache), (encode, DiT, decode) ms when `sync`, else None, history).
+  frames: uint8 [T_read, H, W, 3] (with Wan's encoder 9 for the first chunk, 12 after; TAEHV's: 12 each).
+  history: pushed the chunk's edited and source latents (--recache; None: not kept). Returns (ae_state, state, edited
+  frames float32 [1, T_written, H, W, 3] in [−1, 1] on the device (9 for the first chunk, 12 after), [active fraction,
+  IoU] of the mask chosen for the next chunk (a device float32 [2]; None without the mask cache), (encode, DiT,
+  decode) ms when `sync`, else None, history).
   """
   m, ms, start = models, [], time.perf_counter()
 
@@ -520,28 +564,31 @@ def edit_chunk(models: Models, steps: Steps, vae_state: VAEStreamState, state: S
       ms.append(_elapsed_ms(start))
       start = time.perf_counter()
 
-  vae_state, latents = steps.encode[later](m.vae_params, vae_state, jax.device_put(to_float(frames)[None]))
+  ae_state, latents = steps.encode[later](m.encoder.params, ae_state, jax.device_put(to_float(frames)[None]))
   lap(latents)
   # A later chunk whose state has first_chunk set (the mask cache's next chunk after a prompt switch) runs in
   # full: the first chunk's step, lowered for such a state.
   edited, state = steps.dit[later and not state.first_chunk](m.dit_params, state, latents)
   lap(edited)
-  vae_state, decoded = steps.decode[later](m.vae_params, vae_state, edited)
+  ae_state, decoded = steps.decode[later](m.decoder.params, ae_state, edited)
   lap(decoded)
   mask = None if steps.mask is None else steps.mask(state.tokens.stats)
   if history is not None:  # after the laps: not part of any stage's ms
     history = steps.push(history, edited, latents)
-  return vae_state, state, decoded, mask, tuple(ms) if sync else None, history
+  return ae_state, state, decoded, mask, tuple(ms) if sync else None, history
 
 
 @dataclasses.dataclass
 class _Chunk:
-  """A chunk on its way through the stream: its source frames uint8 [real, H, W, 3], when they reached the stream
-  (perf_counter s), the input frame index it starts at, then its device outputs (`edit_chunk`'s decoded, mask and
-  ms) and whether the chunk before it ran in full (the IoU of its mask is then not shown)."""
+  """A chunk on its way through the stream: the frames its encoder takes, uint8 [T_read, H, W, 3] (padded at the
+  input's end), the source frames of its output uint8 [real, H, W, 3] (`autoencoders.stream_chunks`), when they
+  reached the stream (perf_counter s), the input frame index its output starts at (0, 9, 21, … whichever the
+  encoder), then its device outputs (`edit_chunk`'s decoded, mask and ms) and whether the chunk before it ran in
+  full (the IoU of its mask is then not shown)."""
 
   index: int
   frames: np.ndarray
+  source: np.ndarray
   read_at: float
   start: int
   after_full: bool = False
@@ -656,12 +703,14 @@ def _serial(chunks: Iterator[_Chunk], finish: Callable[[_Chunk], None]):
   yield chunks, finish
 
 
-def run_stream(models: Models, steps: Steps, state: StreamState, vae_state: VAEStreamState, reader: FrameReader,
-               writer: RawWriter | VideoWriter, frames: np.ndarray, chunk_sizes: tuple[int, int], limit: float,
+def run_stream(models: Models, steps: Steps, state: StreamState, ae_state: AutoencoderState, reader: FrameReader,
+               writer: RawWriter | VideoWriter, frames: np.ndarray, chunking: Chunking, limit: float,
                total: int | None = None, side_by_side: bool = False, sync_stages: bool = False,
                started: float | None = None, schedule: Sequence[tuple[ScheduledPrompt, jax.Array]] = (),
                history: History | None = None) -> None:
-  """Edits chunks until the input ends (or `limit` input frames), writing each chunk's real frames as it is done.
+  """Edits chunks until the input ends (or `limit` input frames), writing each chunk's real frames as it is done:
+  output frame j is the edit of input frame j, with a TAEHV encoder written `chunking.lag` frames after it is read
+  (and its last frames by a chunk of padding after the input's end).
 
   frames: the first chunk, already read. total: the input's frame count when known (for the time left).
   side_by_side: write source | edit frames [T, H, 2W, 3]. sync_stages: wait for each stage (timed) and read, edit
@@ -677,20 +726,21 @@ def run_stream(models: Models, steps: Steps, state: StreamState, vae_state: VAES
   bar = cli.progress(total=total, desc="stream", unit="frame")
   clock = {"last": stream_start}  # when the last chunk was written; set by `finish`
 
+  unread = [frames]  # the first chunk's frames, read before the models loaded
+
+  def read(n: int) -> np.ndarray:
+    return unread.pop() if unread else reader.read(int(min(n, limit - reader.frames_read)))
+
   def chunks():
-    read_at, index, frames_, start = stream_start, 0, frames, 0
-    while len(frames_):
-      yield _Chunk(index, frames_, read_at, start)
-      start += len(frames_)
-      if len(frames_) < chunk_sizes[index > 0]:
-        return
-      frames_, index = reader.read(int(min(chunk_sizes[1], limit - reader.frames_read))), index + 1
-      read_at = time.perf_counter()
+    start = 0
+    for index, (frames_, source) in enumerate(autoencoders.stream_chunks(read, chunking)):
+      yield _Chunk(index, frames_, source, time.perf_counter() if index else stream_start, start)
+      start += len(source)
 
   def finish(chunk: _Chunk):
-    real, first_frame = len(chunk.frames), writer.frames_written
+    real, first_frame = len(chunk.source), writer.frames_written
     edited = to_uint8(np.asarray(chunk.decoded)[0, :real])  # waits for the chunk's device work
-    writer.write(np.concatenate([chunk.frames, edited], axis=2) if side_by_side else edited)
+    writer.write(np.concatenate([chunk.source, edited], axis=2) if side_by_side else edited)
     now = time.perf_counter()
     if chunk.index == 0:
       clock["first"] = now
@@ -727,30 +777,34 @@ def run_stream(models: Models, steps: Steps, state: StreamState, vae_state: VAES
           mask = None if state.first_chunk else mask  # the mask cache's next chunk recomputes every token
           cli.say(f"prompt switch before chunk {chunk.index} (input frame {chunk.start}; {entry.where}): "
                   f"{entry.prompt!r}, the KV cache " + ("re-cached under it" if history is not None else "kept"))
-        size = chunk_sizes[chunk.index > 0]
-        padded = np.concatenate([chunk.frames, np.repeat(chunk.frames[-1:], size - len(chunk.frames), axis=0)])
         chunk.after_full, full = full, chunk.index == 0 or state.first_chunk
-        vae_state, state, chunk.decoded, next_mask, chunk.ms, history = edit_chunk(
-            models, steps, vae_state, state, padded, later=chunk.index > 0, sync=sync_stages, history=history)
+        ae_state, state, chunk.decoded, next_mask, chunk.ms, history = edit_chunk(
+            models, steps, ae_state, state, chunk.frames, later=chunk.index > 0, sync=sync_stages, history=history)
         chunk.mask, mask = mask, next_mask
         send(chunk)
   finally:
     bar.close()
-    later = writer.frames_written - min(writer.frames_written, chunk_sizes[0])
+    later = writer.frames_written - min(writer.frames_written, chunking.written[0])
     rate = f", {later / (clock['last'] - clock['first']):.1f} fps after chunk 0" if later else ""
     first = f", the first edited frame {clock['first'] - started:.1f} s after the start" if "first" in clock else ""
     cli.say(f"wrote {writer.frames_written} frames to {writer.name} in {time.perf_counter() - stream_start:.1f} s"
             f"{rate}{first}")
 
 
-def load_models(args: argparse.Namespace, dtype: str) -> Models:
-  """The DiT (with --attention) and the VAE in `dtype`, each between two status lines."""
+def load_models(args: argparse.Namespace, dtype: str, encoder: autoencoders.Config,
+                decoder: autoencoders.Config) -> Models:
+  """The DiT (with --attention) and the autoencoders in `dtype`, each between two status lines; `encoder`,
+  `decoder`: their configs (`check_decoder`), for their names. One directory that encodes and decodes loads once."""
   dirs = args.models
   dit = load_logged(_model_name(args, "dit", "DiT"), dirs.dit, lambda: load_dit(dirs.dit, compute_dtype=dtype),
                     lambda m: m[1])
-  vae = load_logged(_model_name(args, "vae", "VAE"), dirs.vae, lambda: load_vae(dirs.vae, compute_dtype=dtype),
-                    lambda m: m[1])
-  return Models(dit[0].replace(attention=args.attention), dit[1], *vae)
+  split = args.decoder is not None
+  sides = [(dirs.vae, _model_name(args, "vae", autoencoders.kind_of(encoder).noun) + (" encoder" if split else ""))]
+  if split:
+    sides.append((args.decoder, f"the {autoencoders.kind_of(decoder).noun} decoder"))
+  loaded = [load_logged(name, path, lambda path=path: autoencoders.load(path, compute_dtype=dtype),
+                        lambda m: m.params) for path, name in sides]
+  return Models(dit[0].replace(attention=args.attention), dit[1], loaded[0], loaded[-1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -763,12 +817,12 @@ def main(argv: list[str] | None = None) -> None:
 
     liveedit_kernels.dispatch.enable()
   cli.refuse_existing(args.output, args.overwrite)
-  dit_config, vae_config, _ = default_model.check_models(args.models, args.height, args.width)
+  dit_config, encoder, _ = default_model.check_models(args.models, args.height, args.width)
+  decoder = check_decoder(args, encoder)
   input_size = parse_size(args.input_size) if args.input_size else None
   options = stream_options(args)
   height, width = args.height, args.width
-  c, k = options.chunk_frames, vae_config.temporal_factor
-  chunk_sizes = (1 + k * (c - 1), k * c)  # video frames of the first chunk and of each later one
+  chunking = autoencoders.chunking(encoder, decoder, options.chunk_frames)
   limit = args.max_frames or float("inf")
   dtype = args.dtype or ("bfloat16" if jax.default_backend() == "gpu" else "float32")
 
@@ -778,7 +832,7 @@ def main(argv: list[str] | None = None) -> None:
     writer = stack.enter_context(open_writer(args.output, 2 * width if args.side_by_side else width, height,
                                              args.fps, overwrite=args.overwrite))
     # The first chunk is read before the models load, so an unreadable input fails in seconds.
-    frames = reader.read(int(min(chunk_sizes[0], limit)))
+    frames = reader.read(int(min(chunking.read[0], limit)))
     if not len(frames):
       raise VideoIOError(f"{reader.name}: no frames to read")
     if not args.context and not args.prompt:  # parse_args allows this for a synthetic input only
@@ -788,29 +842,33 @@ def main(argv: list[str] | None = None) -> None:
     if total is not None and args.max_frames:
       total = min(total, args.max_frames)
     context, *scheduled = load_contexts(args, dit_config)
-    models = load_models(args, dtype)
-    s = vae_config.spatial_factor
+    models = load_models(args, dtype, encoder, decoder)
+    s = encoder.spatial_factor
     state = init_stream(models.dit_config, models.dit_params, context, latent_height=height // s,
                         latent_width=width // s, options=options, rng=jax.random.key(args.seed))
-    vae_state = init_vae_stream(models.vae_config, 1, height, width)
+    ae_state = autoencoders.init_state(models.encoder.config, models.decoder.config, 1, height, width)
     # Made (and the scheduled embeddings copied to the device) before streaming: nothing runs uncompiled there.
     history = prompt_switch.empty_history(state, models.dit_config) if args.recache else None
     schedule = [(entry, jax.device_put(embedding)) for entry, embedding in zip(args.schedule, scheduled)]
     exact = is_raw(args.input) or is_synthetic(args.input)
     length = "" if total is None else f" ({'' if exact else 'about '}{total} frames)"
+    read, written = chunking
+    chunks = f"chunks of {written[0]} then {written[1]} frames" if read == written else (
+        f"chunks of {read[0]} then {read[1]} frames read, {written[0]} then {written[1]} written (the output "
+        f"{chunking.lag} frames behind the input)")
     cli.say(f"streaming {reader.name}{length} to {writer.name} at {width}×{height}, {args.fps:g} fps, {dtype}, "
-            f"chunks of {chunk_sizes[0]} then {chunk_sizes[1]} frames" + (", source | edit" if args.side_by_side
-                                                                            else ""))
+            f"{chunks}" + (", source | edit" if args.side_by_side else ""))
     cache = "" if args.no_compile_cache else f" (compilation cache: {_shown_cache_dir()})"
     switch = "" if not schedule else " and the prompt switch" + (" (re-caching)" if args.recache else "")
-    with cli.status(f"compiling the VAE encode, DiT step and VAE decode of the first and the later chunks{switch}"
-                    f"{cache}") as compiling:
+    nouns = autoencoders.kind_of(encoder).noun, autoencoders.kind_of(decoder).noun
+    with cli.status(f"compiling the {nouns[0]} encode, DiT step and {nouns[1]} decode of the first and the later "
+                    f"chunks{switch}{cache}") as compiling:
       with cli.CompileTimer() as timer:
-        steps, count = compile_steps(models, state, vae_state, chunk_sizes, height, width,
+        steps, count = compile_steps(models, state, ae_state, chunking, height, width,
                                      schedule[0][1] if schedule else None, history)
       compiling.note(f"{timer.count - timer.cache_hits} of {count} executables compiled" +
              ("" if args.no_compile_cache else f", {timer.cache_hits} read from the cache"))
-    run_stream(models, steps, state, vae_state, reader, writer, frames, chunk_sizes, limit, total,
+    run_stream(models, steps, state, ae_state, reader, writer, frames, chunking, limit, total,
                args.side_by_side, args.sync_stages, started, schedule, history)
 
 

@@ -120,7 +120,8 @@ def test_where_the_default_is(fake, monkeypatch, capsys):
     stream.parse_args(["--help"])
   text = " ".join(capsys.readouterr().out.split())
   assert "a multiple of 16 (default: 32, the default model's native size, without --dit; 480 with --dit)" in text
-  assert "(python -m convert.wan_vae; default: the default model's, liveedit_jax/models/synth/vae)" in text
+  assert "TAEHV (python -m convert.taehv) directory, told apart by its config.json; a TAEHV encoder's output runs 3 " \
+      "frames behind its input (default: the default model's, liveedit_jax/models/synth/vae)" in text
 
 
 def test_damaged_or_missing_files_are_one_line(fake, tmp_path, monkeypatch, capsys):

@@ -19,14 +19,14 @@ import jax
 import numpy as np
 import pytest
 
-from liveedit_jax import evaluate, synthetic
+from liveedit_jax import autoencoders, evaluate, synthetic
 from liveedit_jax.dit import load_dit
 from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.sampler import sample_edit
 from liveedit_jax.streaming import StreamConfig, init_stream, stream_step
 from liveedit_jax.umt5 import KIND as UMT5_KIND
 from liveedit_jax.umt5 import encode_prompts, load_text_encoder
-from liveedit_jax.vae import init_vae_stream, load_vae
+from liveedit_jax.vae import load_vae
 from liveedit_jax.video_io import open_native_reader, to_float, to_uint8
 from tests.test_stream_cli import DIT
 from tests.test_stream_cli import VAE as VAE8
@@ -100,7 +100,7 @@ def stream_by_hand(models, example, options):
   context = host_context(models, example.instruction)
   state = init_stream(dit_config, dit_params, context, latent_height=H // 4, latent_width=W // 4, options=options,
                       rng=jax.random.key(example.index))
-  vae_state = init_vae_stream(vae_config, 1, H, W)
+  vae_state = autoencoders.init_state(vae_config, vae_config, 1, H, W)
   out, active = [], []
   for i, chunk in enumerate((slice(0, 9), slice(9, 21))):
     if i:

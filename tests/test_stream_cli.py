@@ -30,14 +30,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from liveedit_jax import default_model, param_io, stream, video_io
+from liveedit_jax import autoencoders, default_model, param_io, stream, video_io
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import init_dit_params, load_dit
 from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.prompt_cache import PromptCache
 from liveedit_jax.streaming import StreamConfig, init_stream, stream_step
 from liveedit_jax.umt5 import UMT5Config, text_encoder_identity
-from liveedit_jax.vae import VAEConfig, init_vae_params, init_vae_stream, load_vae
+from liveedit_jax.vae import VAEConfig, init_vae_params, load_vae
 
 DIT = DiTConfig.preset("tiny")
 VAE = VAEConfig.preset("tiny", num_res_blocks=1)  # one block per stage: compiles faster, same code paths
@@ -101,21 +101,22 @@ def full_run(setup):
 
 
 def test_cli_equals_python_pipeline(setup, full_run):
-  """Raw output = the same chunks through vae_encode_step → stream_step → vae_decode_step, exactly (uint8)."""
+  """Raw output = the same chunks through vae_encode_step → stream_step → vae_decode_step (the CLI's jits of
+  `autoencoders.encode_step` / `decode_step`), exactly (uint8)."""
   dit_config, dit_params = load_dit(setup["dit"], compute_dtype="float32")
   vae_config, vae_params = load_vae(setup["vae"], compute_dtype="float32")
   options = StreamConfig(mask_cache=MaskCacheConfig(prune_ratio=0.7, cache_on="self_attn"))
   state = init_stream(dit_config, dit_params, np.load(setup["context"]), latent_height=H // 8, latent_width=W // 8,
                       options=options, rng=jax.random.key(3))
-  vae_state = init_vae_stream(vae_config, 1, H, W)
+  vae_state = autoencoders.init_state(vae_config, vae_config, 1, H, W)
   expected = []
   for i, chunk in enumerate(CHUNKS):
     frames = setup["frames"][chunk]
     frames = np.concatenate([frames, np.repeat(frames[-1:], 12 - len(frames), 0)]) if i == 2 else frames
     video = frames[None].astype(np.float32) / 127.5 - 1
-    vae_state, latents = stream.vae_encode(vae_config, vae_params, vae_state, video, first=i == 0)
+    vae_state, latents = stream.encode_chunk(vae_config, vae_params, vae_state, video, first=i == 0)
     edited, state = stream_step(dit_config, dit_params, state, latents)
-    vae_state, decoded = stream.vae_decode(vae_config, vae_params, vae_state, edited, first=i == 0)
+    vae_state, decoded = stream.decode_chunk(vae_config, vae_params, vae_state, edited, first=i == 0)
     real = chunk.stop - chunk.start
     expected.append(np.clip(np.rint((np.asarray(decoded[0, :real]) + 1) * 127.5), 0, 255).astype(np.uint8))
   expected = np.concatenate(expected)
