@@ -64,7 +64,11 @@ for section in "${sections[@]}"; do
             run bench_rms_norm_rope 120 python3 -m liveedit_kernels.bench --only rms_norm_rope --iters 20 ;;
     kernels) run bench_kernels 330 python3 -m liveedit_kernels.bench --write-table "$OUT/measured_kernels.json" ;;
     train) run bench_train 540 python3 -m liveedit_jax.bench train --stage 3 --config liveedit-1.3b ;;
-    e2e) run bench_e2e 420 python3 -m liveedit_jax.bench e2e ;;
+    e2e) run bench_e2e 420 python3 -m liveedit_jax.bench e2e
+         # TAEHV (taew2_1's sizes, random weights) decoding after Wan's encoder, then both ways
+         run bench_e2e_taehv_decoder 420 python3 -m liveedit_jax.bench e2e --decoder-preset taew2_1
+         run bench_e2e_taehv_both 420 python3 -m liveedit_jax.bench e2e --encoder-preset taew2_1 \
+           --decoder-preset taew2_1 ;;
     recipe) run recipe 590 python3 -m train.recipe synth --workdir "${RECIPE_WORKDIR:-/tmp/synth}" ${RECIPE_ARGS:-}
             cp "${RECIPE_WORKDIR:-/tmp/synth}/vae/export/metrics.json" "$OUT/autoencoder_metrics.json" 2>/dev/null ;;
     ae_sweep) run ae_sweep 590 python3 scripts/autoencoder_sweep.py --root /tmp/ae_sweep --out "$OUT/ae_sweep.json" \

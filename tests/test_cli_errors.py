@@ -1,11 +1,12 @@
-"""The training, converter and benchmark CLIs turn user mistakes into one line on stderr with a non-zero exit status (no
-traceback unless --debug or LIVEEDIT_DEBUG=1), and their --help shows the real defaults.
+"""The training, converter, benchmark, stream and evaluate CLIs turn user mistakes into one line on stderr with a
+non-zero exit status (no traceback unless --debug or LIVEEDIT_DEBUG=1), and their --help shows the real defaults.
 
 Each row runs the CLI's `main` through `liveedit_jax.cli.run`, the wrapper its `__main__` uses; a few rows also run
 as `python -m ...` to prove that path. Every mistake fires before any model is built or trained.
 """
 
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -22,8 +23,11 @@ import convert.umt5  # noqa: F401
 import convert.wan_dit  # noqa: F401
 import convert.wan_vae  # noqa: F401
 import liveedit_jax.bench.__main__  # noqa: F401
+import liveedit_jax.bench.e2e  # noqa: F401
 import liveedit_jax.bench.stream  # noqa: F401
 import liveedit_jax.bench.vae  # noqa: F401
+import liveedit_jax.evaluate  # noqa: F401
+import liveedit_jax.stream  # noqa: F401
 import liveedit_kernels.bench  # noqa: F401
 import train.autoencoder
 import train.loss_curves  # noqa: F401
@@ -34,10 +38,15 @@ import train.stage2  # noqa: F401
 import train.stage3  # noqa: F401
 import train.text_encoder  # noqa: F401
 from liveedit_jax import cli
+from liveedit_jax.taehv import TAEHVConfig
 from train.configs import TRAIN_PRESETS, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 USAGE, USER = 2, 1  # argparse's usage mistakes; the others (cli.run)
+
+# The stream CLI up to its model checks (the default model's DiT, VAE and text encoder), compiling nothing.
+STREAM = ["--input", "synthetic:0", "--output", "{tmp}/out.rgb", "--no-compile-cache"]
+AUTOENCODER_WRITERS = "python -m convert.wan_vae or python -m convert.taehv"
 
 # (cli, argv, exit status, substrings of the one stderr line). "{tmp}" is the workspace below.
 ROWS = {
@@ -130,6 +139,24 @@ ROWS = {
                                 ["argument --height: invalid int value: 'tall'"]),
     "kernels-bench-not-an-int": ("liveedit_kernels.bench", ["--iters", "many"], USAGE,
                                  ["argument --iters: invalid int value: 'many'"]),
+    "bench-e2e-unknown-decoder-preset": ("liveedit_jax.bench.e2e", ["--decoder-preset", "huge"], USAGE,
+                                         ["argument --decoder-preset: invalid choice: 'huge'", "'taew2_1'"]),
+    # liveedit_jax.stream and liveedit_jax.evaluate: --vae and --decoder take a Wan VAE or a TAEHV directory
+    "stream-decoder-of-another-kind": ("liveedit_jax.stream", [*STREAM, "--decoder", "{tmp}/dit_only"], USER,
+                                       ['{tmp}/dit_only/config.json: "kind" is \'dit\', expected \'vae\' or '
+                                        f"'taehv' (a model written by {AUTOENCODER_WRITERS})"]),
+    "stream-decoder-missing": ("liveedit_jax.stream", [*STREAM, "--decoder", "{tmp}/absent"], USER,
+                               ["{tmp}/absent: no such directory (expected a converted vae or taehv model, written by "
+                                f"{AUTOENCODER_WRITERS})"]),
+    "stream-decoder-other-latents": ("liveedit_jax.stream", [*STREAM, "--decoder", "{tmp}/taehv_z12"], USER,
+                                     ["{tmp}/taehv_z12: the TAEHV decoder's latent channels 12 differs from the VAE "
+                                      "encoder's 16 (the default model's vae ("]),
+    "stream-vae-of-another-kind": ("liveedit_jax.stream", [*STREAM, "--vae", "{tmp}/dit_only"], USER,
+                                   ['{tmp}/dit_only/config.json: "kind" is \'dit\', expected \'vae\' or \'taehv\'']),
+    "evaluate-decoder-of-another-kind": ("liveedit_jax.evaluate", ["--editor", "stream", "--clips", "1", "--decoder",
+                                                                   "{tmp}/dit_only"], USER,
+                                         ['{tmp}/dit_only/config.json: "kind" is \'dit\', expected \'vae\' or '
+                                          "'taehv'"]),
     # convert.umt5
     "umt5-not-umt5": ("convert.umt5", ["--src", "{tmp}/vae.safetensors", "--dst", "{tmp}/out"], USER,
                       ["{tmp}/vae.safetensors: not a umT5 encoder checkpoint",
@@ -142,7 +169,7 @@ ROWS = {
 }
 # Rows that also run as `python -m <cli>`: one per family, and the converters' multi-line key report.
 SUBPROCESS_ROWS = ("stage1-missing-data-dir", "prepare_data-out-exists", "taehv-wrong-keys", "wan_dit-wrong-keys",
-                   "bench-unknown-name")
+                   "bench-unknown-name", "stream-decoder-of-another-kind")
 
 
 @pytest.fixture
@@ -150,6 +177,11 @@ def workspace(tmp_path, monkeypatch):
   """The files the rows name: an existing directory, a manifest, and checkpoints with the wrong keys or shapes."""
   monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
   (tmp_path / "exists").mkdir()
+  # Converted-model directories with a config and no weights (the checks read no weights).
+  for name, kind, config in (("dit_only", "dit", {}),
+                             ("taehv_z12", "taehv", TAEHVConfig(latent_channels=12).to_dict())):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps({"kind": kind, "config": config}))
   (tmp_path / "pairs.jsonl").write_text('{"source": "a.mp4", "target": "b.mp4", "prompt": "make it red"}\n')
   zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
   save_file({"encoder.0.weight": zeros(2, 3, 3, 3), "stray": zeros(2)}, str(tmp_path / "taehv.safetensors"))
