@@ -490,7 +490,7 @@ def _check_frames(config: VAEConfig, frames: jax.Array, first: bool, what: str =
   _, t, h, w, _ = frames.shape
   _check_size(config, h, w, what)
   k = config.temporal_factor
-  if first and t % k != 1:
+  if first and (t - 1) % k:
     raise ValueError(f"a first chunk has 1 + {k}·n frames (the first frame is encoded alone), got {t}")
   if not first and (t == 0 or t % k):
     raise ValueError(f"a chunk after the first has a positive multiple of {k} frames, got {t}")

@@ -18,6 +18,7 @@ import json
 import logging
 from pathlib import Path
 
+from liveedit_jax import cli
 from train import autoencoder
 
 
@@ -29,11 +30,11 @@ def parse_variants(text: str) -> dict[str, dict]:
     raise SystemExit(f"the variants are not JSON ({err})") from None
   if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
     raise SystemExit('the variants are one JSON object {"NAME": {"field": value, ...}, ...}')
-  known = {f.name for f in dataclasses.fields(autoencoder.AutoencoderConfig)} - {"workdir"}  # the sweep's
-  for name, overrides in variants.items():
-    if unknown := sorted(set(overrides) - known):
-      raise SystemExit(f"variant {name}: unknown AutoencoderConfig fields {unknown}")
-  return variants
+  try:
+    return {name: autoencoder.parse_overrides(json.dumps(fields), f"variant {name}")
+            for name, fields in variants.items()}
+  except cli.UserError as err:
+    raise SystemExit(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,13 +1,17 @@
-"""The autoencoder's reconstruction errors and scores against NumPy, the colour term's meaning, and its curriculum's
-batches."""
+"""The autoencoder's reconstruction errors and scores against NumPy, the colour term's meaning, its curriculum's
+batches, the loss restricted to the first frames, and the VAE overrides of a run."""
+
+import dataclasses
+import re
 
 import jax
 import numpy as np
+import pytest
 
-from liveedit_jax import metrics
-from liveedit_jax.vae import VAEConfig, init_vae_params
-from train.autoencoder import (AutoencoderConfig, _reconstruct, evaluate_reconstruction, reconstruction_errors,
-                               to_video, training_batch)
+from liveedit_jax import cli, metrics
+from liveedit_jax.vae import VAEConfig, init_vae_params, vae_decode, vae_encode
+from train.autoencoder import (AutoencoderConfig, _reconstruct, evaluate_reconstruction, loss_fn, parse_overrides,
+                               reconstruction_errors, to_video, training_batch)
 
 
 def _clips(seed):
@@ -55,11 +59,52 @@ def test_reconstruction_scores_per_clip_and_per_frame():
   vae = VAEConfig.preset("tiny", compute_dtype="float32")
   params = init_vae_params(vae, jax.random.key(6))
   clips = np.random.default_rng(7).integers(0, 256, (4, 5, 16, 16, 3), dtype=np.uint8)
-  value, chroma, per_frame = evaluate_reconstruction(vae, params, clips, batch=2)  # two batches, one compile
+  scores = evaluate_reconstruction(vae, params, clips, batch=2)  # two batches, one compile
   reconstruction = np.concatenate([np.asarray(_reconstruct(vae, params, to_video(clips[i:i + 2]))) for i in (0, 2)])
   reconstruction = np.clip((reconstruction + 1) / 2, 0, 1)
   target = clips / 255.0
-  np.testing.assert_allclose(value, np.mean(metrics.psnr(reconstruction, clips)), rtol=1e-5)
-  np.testing.assert_allclose(chroma, np.mean(metrics.chroma_psnr(reconstruction, clips)), rtol=1e-5)
-  frame_mse = np.mean((reconstruction.astype(np.float64) - target) ** 2, axis=(0, 2, 3, 4))
-  np.testing.assert_allclose(per_frame, 10 * np.log10(1 / frame_mse), rtol=1e-5)
+  np.testing.assert_allclose(scores["psnr"], np.mean(metrics.psnr(reconstruction, clips)), rtol=1e-5)
+  np.testing.assert_allclose(scores["chroma_psnr"], np.mean(metrics.chroma_psnr(reconstruction, clips)), rtol=1e-5)
+  error = reconstruction.astype(np.float64) - target
+  frame_mse = np.mean(error ** 2, axis=(0, 2, 3, 4))
+  np.testing.assert_allclose(scores["frame_psnr"], 10 * np.log10(1 / frame_mse), rtol=1e-5)
+  # The colour alone: each pixel's error less its mean over R, G, B (metrics.chroma_psnr's split, pooled per frame).
+  chroma_mse = np.mean((error - error.mean(-1, keepdims=True)) ** 2, axis=(0, 2, 3, 4))
+  np.testing.assert_allclose(scores["frame_chroma_psnr"], 10 * np.log10(1 / chroma_mse), rtol=1e-5)
+
+
+def test_loss_on_the_first_frames_alone():
+  config = AutoencoderConfig(vae="tiny", compute_dtype="float32", loss_frames=5)
+  vae = config.model()
+  params = init_vae_params(vae, jax.random.key(8))
+  video = np.random.default_rng(9).uniform(-1, 1, (2, 9, 16, 16, 3)).astype(np.float32)
+  key = jax.random.key(10)
+  loss, _ = loss_fn(config, vae, params, video, key)
+  # By hand: the whole clip encoded and decoded (the same noise), the error of frames 0-4 alone.
+  mu = vae_encode(vae, params, video)
+  rms = np.sqrt(np.mean(np.square(mu)) + 1e-6)
+  reconstruction = vae_decode(vae, params, mu + config.latent_noise * rms * jax.random.normal(key, mu.shape))
+  error = np.asarray(reconstruction, np.float64)[:, :5] - video[:, :5]
+  expected = np.mean(error ** 2) + 0.1 * np.mean(np.abs(error)) + config.latent_l2 * np.mean(np.square(mu))
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  whole, _ = loss_fn(dataclasses.replace(config, loss_frames=0), vae, params, video, key)
+  assert abs(float(whole) - expected) > 1e-3 * expected
+
+
+def test_vae_overrides_change_the_preset():
+  overrides = parse_overrides('{"vae_overrides": {"temporal_downsample": [false, false, false]}, "steps": 7}', "x")
+  config = dataclasses.replace(AutoencoderConfig(vae="tiny", compute_dtype="float32"), **overrides)
+  vae = config.model()
+  assert (vae.temporal_downsample, vae.temporal_factor, config.steps) == ((False, False, False), 1, 7)
+  assert vae.replace(temporal_downsample=(False, True, True)) == VAEConfig.preset("tiny", compute_dtype="float32")
+  # One latent a frame: a 3-frame clip (not 1 + 4k) encodes to 3 latents and decodes to 3 frames.
+  params = init_vae_params(vae, jax.random.key(11))
+  latents = vae_encode(vae, params, np.zeros((1, 3, 16, 16, 3), np.float32))
+  assert latents.shape[1] == 3 and vae_decode(vae, params, latents).shape[1] == 3
+  for text, message in [('{"vae_overrides": {"width": 3}}', "unknown VAEConfig fields ['width']"),
+                        ('{"vae_overrides": [1]}', "vae_overrides is a JSON object"),
+                        ('{"stepz": 1}', "unknown AutoencoderConfig fields ['stepz']"),
+                        ('{"workdir": "x"}', "unknown AutoencoderConfig fields ['workdir']"),
+                        ("{", "x: not JSON")]:
+    with pytest.raises(cli.UserError, match=re.escape(message)):
+      parse_overrides(text, "x")

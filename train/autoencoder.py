@@ -52,6 +52,8 @@ class AutoencoderConfig:
   """An autoencoder training run."""
 
   vae: str = "synth"  # VAE preset (liveedit_jax.vae.VAE_PRESETS)
+  # VAEConfig fields changed on the preset, as (name, value) pairs, e.g. (("temporal_downsample", (False, False)),)
+  vae_overrides: tuple[tuple[str, Any], ...] = ()
   compute_dtype: str = "bfloat16"
   # per training clip, 1 + 4k. Longer than the DiT's clips: trained on 9-frame clips (3 latents), every causal
   # window held the first frame's zero padding, and reconstruction broke after frame 9 (29 dB on frames 0–8, 10 to
@@ -80,6 +82,10 @@ class AutoencoderConfig:
   latent_l2: float = 1e-4
   chroma_weight: float = 0.0
   latent_noise: float = 0.05
+  # A diagnostic: > 0 computes the reconstruction loss on the first `loss_frames` frames of each clip alone (the
+  # whole clip is still encoded and decoded), to tell whether later frames' gradients or their forward pass is what
+  # a change of clip length changes.
+  loss_frames: int = 0
   seed: int = 0
   workdir: str = "runs/synth/vae"
   checkpoint_every: int = 500
@@ -89,7 +95,35 @@ class AutoencoderConfig:
   workers: int = 0  # render processes; 0: one per CPU core
 
   def model(self) -> VAEConfig:
-    return VAEConfig.preset(self.vae, compute_dtype=self.compute_dtype)
+    preset = VAEConfig.preset(self.vae, compute_dtype=self.compute_dtype)
+    return VAEConfig.from_dict({**preset.to_dict(), **dict(self.vae_overrides)}) if self.vae_overrides else preset
+
+
+def parse_overrides(text: str, what: str) -> dict[str, Any]:
+  """'{"field": value, ...}' → AutoencoderConfig fields to replace (workdir excluded: the caller's), checked;
+  a user mistake raises `cli.UserError` naming `what`."""
+  try:
+    overrides = json.loads(text)
+  except json.JSONDecodeError as err:
+    raise cli.UserError(f"{what}: not JSON ({err})") from None
+  if not isinstance(overrides, dict):
+    raise cli.UserError(f'{what}: expected one JSON object {{"field": value, ...}}, got {text!r}')
+  known = {f.name for f in dataclasses.fields(AutoencoderConfig)} - {"workdir"}
+  if unknown := sorted(set(overrides) - known):
+    raise cli.UserError(f"{what}: unknown AutoencoderConfig fields {unknown}")
+  if "vae_overrides" in overrides:
+    overrides["vae_overrides"] = _vae_overrides(overrides["vae_overrides"], what)
+  return overrides
+
+
+def _vae_overrides(fields: Any, what: str) -> tuple[tuple[str, Any], ...]:
+  """{VAEConfig field: value} (JSON) → the `vae_overrides` pairs (lists as tuples), the fields checked."""
+  if not isinstance(fields, dict):
+    raise cli.UserError(f'{what}: vae_overrides is a JSON object {{"VAEConfig field": value}}, got {fields!r}')
+  known = {f.name for f in dataclasses.fields(VAEConfig)}
+  if unknown := sorted(set(fields) - known):
+    raise cli.UserError(f"{what}: unknown VAEConfig fields {unknown} in vae_overrides")
+  return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in fields.items())
 
 
 def render_clips(split: str, count: int, frames: int, height: int, width: int, workers: int = 0) -> np.ndarray:
@@ -170,6 +204,8 @@ def loss_fn(config: AutoencoderConfig, vae: VAEConfig, params: Any, video: jax.A
   rms = jax.lax.stop_gradient(jnp.sqrt(jnp.mean(jnp.square(mu)) + 1e-6))
   noisy = mu + config.latent_noise * rms * jax.random.normal(key, mu.shape)
   reconstruction = vae_decode(vae, params, noisy)
+  if config.loss_frames:
+    reconstruction, video = reconstruction[:, :config.loss_frames], video[:, :config.loss_frames]
   errors = reconstruction_errors(reconstruction, video)
   latent = jnp.mean(jnp.square(mu))
   loss = (errors["mse"] + 0.1 * errors["l1"] + config.chroma_weight * errors["chroma_mse"]
@@ -220,21 +256,27 @@ def latent_statistics(vae: VAEConfig, params: Any, clips: np.ndarray, batch: int
   return mean, np.sqrt(np.maximum(squares / count - mean ** 2, 1e-12))
 
 
-def evaluate_reconstruction(vae: VAEConfig, params: Any, clips: np.ndarray,
-                            batch: int) -> tuple[float, float, list[float]]:
-  """(PSNR, chroma PSNR, PSNR per frame [T]) of the reconstructions of uint8 clips [N, T, H, W, 3]: the first two
-  means over clips of `metrics.psnr` and `metrics.chroma_psnr`, the last of each frame's squared error over the
-  clips (dB; peak 255 on uint8 is peak 2 on [−1, 1]). The chroma PSNR catches an autoencoder that drops colour,
-  which PSNR alone hides on the benchmark's pastel scenes; the per-frame PSNR one that breaks far from the start."""
-  values, chroma, frame_errors = [], [], []
+def evaluate_reconstruction(vae: VAEConfig, params: Any, clips: np.ndarray, batch: int) -> dict[str, Any]:
+  """Scores of the reconstructions of uint8 clips [N, T, H, W, 3]: `psnr` and `chroma_psnr`, the means over clips
+  of `metrics.psnr` and `metrics.chroma_psnr`; `frame_psnr` and `frame_chroma_psnr` [T], of each frame's squared
+  error (of the colour alone for the latter) pooled over the clips (dB; peak 255 on uint8 is peak 2 on [−1, 1]).
+  The chroma PSNR catches an autoencoder that drops colour, which PSNR alone hides on the benchmark's pastel
+  scenes; the per-frame scores one that breaks far from the start, and where along the clip colour goes."""
+  values, chroma, frame_errors, frame_chroma_errors = [], [], [], []
   for i in range(0, len(clips), batch):
     reconstruction = (np.asarray(_reconstruct(vae, params, jnp.asarray(to_video(clips[i:i + batch])))) + 1) / 2
     reconstruction = np.clip(reconstruction, 0.0, 1.0)
     values.append(video_metrics.psnr(reconstruction, clips[i:i + batch]))
     chroma.append(video_metrics.chroma_psnr(reconstruction, clips[i:i + batch]))
-    frame_errors.append(np.square(reconstruction - clips[i:i + batch] / 255.0).mean(axis=(2, 3, 4)))
-  per_frame = 10.0 * np.log10(1.0 / np.maximum(np.concatenate(frame_errors).mean(axis=0), 1e-12))
-  return float(np.mean(np.concatenate(values))), float(np.mean(np.concatenate(chroma))), per_frame.tolist()
+    error = reconstruction - clips[i:i + batch] / 255.0
+    frame_errors.append(np.square(error).mean(axis=(2, 3, 4)))
+    frame_chroma_errors.append(np.square(error - error.mean(-1, keepdims=True)).mean(axis=(2, 3, 4)))
+
+  def per_frame(errors):
+    return (10.0 * np.log10(1.0 / np.maximum(np.concatenate(errors).mean(axis=0), 1e-12))).tolist()
+
+  return {"psnr": float(np.mean(np.concatenate(values))), "chroma_psnr": float(np.mean(np.concatenate(chroma))),
+          "frame_psnr": per_frame(frame_errors), "frame_chroma_psnr": per_frame(frame_chroma_errors)}
 
 
 def train(config: AutoencoderConfig, deadline: float | None = None) -> dict[str, Any] | None:
@@ -319,11 +361,12 @@ def export(config: AutoencoderConfig, vae: VAEConfig, params: Any, clips: np.nda
   trained = vae.replace(latents_mean=tuple(float(v) for v in mean), latents_std=tuple(float(v) for v in std),
                         compute_dtype="float32")
   test = render_clips("test", config.val_clips, config.frames, config.height, config.width, config.workers)
-  test_psnr, test_chroma, test_frames = evaluate_reconstruction(trained, params, test, stat_batch)
-  train_psnr, train_chroma, _ = evaluate_reconstruction(trained, params, clips[:config.val_clips], stat_batch)
-  scores = {"test_psnr": test_psnr, "test_chroma_psnr": test_chroma, "train_psnr": train_psnr,
-            "train_chroma_psnr": train_chroma, "steps": config.steps,
-            "test_frame_psnr": [round(v, 2) for v in test_frames]}
+  test_scores = evaluate_reconstruction(trained, params, test, stat_batch)
+  train_scores = evaluate_reconstruction(trained, params, clips[:config.val_clips], stat_batch)
+  scores = {"test_psnr": test_scores["psnr"], "test_chroma_psnr": test_scores["chroma_psnr"],
+            "train_psnr": train_scores["psnr"], "train_chroma_psnr": train_scores["chroma_psnr"],
+            "steps": config.steps, "test_frame_psnr": [round(v, 2) for v in test_scores["frame_psnr"]],
+            "test_frame_chroma_psnr": [round(v, 2) for v in test_scores["frame_chroma_psnr"]]}
   host = jax.device_get(params)
   param_io.save_params(workdir / "export", "vae", trained.to_dict(), host, overwrite=True)
   (workdir / "export" / "metrics.json").write_text(json.dumps(scores, indent=2))
@@ -335,10 +378,21 @@ def main(argv: list[str] | None = None) -> None:
   parser = cli.ArgumentParser(prog="python -m train.autoencoder", description=__doc__)
   defaults = AutoencoderConfig()
   for field in dataclasses.fields(AutoencoderConfig):
+    if field.name == "vae_overrides":
+      parser.add_argument("--vae-overrides", metavar="JSON", help='VAEConfig fields to change on the --vae preset, '
+                          'e.g. \'{"temporal_downsample": [false, false]}\'')
+      continue
     # The default spelled out in the help: the formatter would hide a default of 0 (it equals False).
     parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=type(field.default),
                         default=field.default, help="(default: %(default)s)")
   args = vars(parser.parse_args(argv))
+  overrides = args.pop("vae_overrides")
+  if overrides is not None:
+    try:
+      fields = json.loads(overrides)
+    except json.JSONDecodeError as err:
+      raise cli.UserError(f"--vae-overrides: not JSON ({err})") from None
+    args["vae_overrides"] = _vae_overrides(fields, "--vae-overrides")
   args.pop("debug", None)  # `cli.run` takes --debug out; a direct `main(argv)` call may still pass it
   config = dataclasses.replace(defaults, **args)
   config.model()  # an unknown --vae preset fails here, before the logging starts

@@ -173,11 +173,16 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--until", choices=PHASES, default=PHASES[-1], help="the last phase to run")
   parser.add_argument("--max-seconds", type=float, help="start no phase after this long, and stop the autoencoder "
                       "at it (checkpointed; the next call resumes)")
+  parser.add_argument("--autoencoder", metavar="JSON", help='AutoencoderConfig fields to change for this run, e.g. '
+                      '\'{"temporal_init": "per_frame"}\' (the autoencoder phase only; later calls need not repeat it)')
   parser.add_argument("--package", type=Path, metavar="DIR", help="write the shipped model directories there")
   parser.add_argument("--dit", choices=[p for p in PHASES if p.startswith("stage3")], default="stage3",
                       help="the stage 3 run --package ships")
   args = parser.parse_args(argv)
   recipe = RECIPES[args.recipe] if args.workdir is None else with_workdir(RECIPES[args.recipe], args.workdir)
+  if args.autoencoder:
+    recipe = dataclasses.replace(recipe, autoencoder=dataclasses.replace(
+        recipe.autoencoder, **autoencoder.parse_overrides(args.autoencoder, "--autoencoder")))
   if args.package:
     # Before loading anything: a phase not yet run would otherwise surface as a missing config.json deep inside.
     out = recipe.outputs()
