@@ -73,9 +73,14 @@ ROWS = {
                                        USER, ["--package needs the finished phases text_encoder ({tmp}/runs/"
                                               "text_encoder)", "run `python -m train.recipe tiny --workdir "
                                               "{tmp}/runs` first"]),
+    "recipe-autoencoder-unknown-field": ("train.recipe", ["tiny", "--workdir", "{tmp}/runs", "--autoencoder",
+                                                          '{{"stepz": 3}}'], USER,
+                                         ["--autoencoder: unknown AutoencoderConfig fields ['stepz']"]),
     # train.autoencoder
     "autoencoder-unknown-vae": ("train.autoencoder", ["--vae", "huge"], USER,
                                 ["unknown VAE preset 'huge'", "'synth'"]),
+    "autoencoder-vae-overrides-unknown": ("train.autoencoder", ["--vae-overrides", '{{"depth": 3}}'], USER,
+                                          ["--vae-overrides: unknown VAEConfig fields ['depth'] in vae_overrides"]),
     "autoencoder-not-an-int": ("train.autoencoder", ["--steps", "1.5"], USAGE,
                                ["argument --steps: invalid int value: '1.5'"]),
     # train.prepare_data
