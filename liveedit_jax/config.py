@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping, get_args
 
 import jax.numpy as jnp
 
 AttentionImpl = Literal["auto", "xla", "cudnn", "pallas"]
-_ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas")
-_DTYPES = ("float32", "bfloat16", "float16")
+Dtype = Literal["float32", "bfloat16", "float16"]
+_ATTENTION_IMPLS = get_args(AttentionImpl)
+_DTYPES = get_args(Dtype)
 
 
 class PresetConfig:
@@ -38,6 +39,13 @@ class PresetConfig:
     if name not in cls.PRESETS:
       raise ValueError(f"unknown {cls.LABEL} preset {name!r}; valid presets: {sorted(cls.PRESETS)}")
     return dataclasses.replace(cls.PRESETS[name], **overrides)
+
+  def check_dtypes(self) -> None:
+    """Raises unless `compute_dtype` and `param_dtype` (every model config has both) are `Dtype`s; subclasses call it
+    from `__post_init__`."""
+    for field in ("compute_dtype", "param_dtype"):
+      if getattr(self, field) not in _DTYPES:
+        raise ValueError(f"{self.name}: {field} must be one of {_DTYPES}, got {getattr(self, field)!r}")
 
   def to_dict(self) -> dict[str, Any]:
     """A JSON-ready dict (the `config` of a converted directory)."""
@@ -94,9 +102,7 @@ class DiTConfig(PresetConfig):
       raise ValueError(
           f"{self.name}: in_channels must be latent_channels ({self.latent_channels}) for text-to-video or "
           f"2*latent_channels ({2 * self.latent_channels}) for editing, got {self.in_channels}")
-    for field in ("compute_dtype", "param_dtype"):
-      if getattr(self, field) not in _DTYPES:
-        raise ValueError(f"{self.name}: {field} must be one of {_DTYPES}, got {getattr(self, field)!r}")
+    self.check_dtypes()
     if self.attention not in _ATTENTION_IMPLS:
       raise ValueError(f"{self.name}: attention must be one of {_ATTENTION_IMPLS}, got {self.attention!r}")
 

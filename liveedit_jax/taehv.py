@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from liveedit_jax import param_io
-from liveedit_jax.config import _DTYPES, PresetConfig
+from liveedit_jax.config import PresetConfig
 from liveedit_jax.layers import Dense
 
 Params = dict[str, Any]
@@ -106,9 +106,7 @@ class TAEHVConfig(PresetConfig):
     bad = [f"{k}={v}" for k, v in sizes.items() if v < 1]
     if bad:
       raise ValueError(f"{self.name}: sizes must be positive, got {', '.join(bad)}")
-    for field in ("compute_dtype", "param_dtype"):
-      if getattr(self, field) not in _DTYPES:
-        raise ValueError(f"{self.name}: {field} must be one of {_DTYPES}, got {getattr(self, field)!r}")
+    self.check_dtypes()
 
   @property
   def spatial_factor(self) -> int:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from liveedit_jax import param_io
-from liveedit_jax.config import _DTYPES, PresetConfig
+from liveedit_jax.config import PresetConfig
 from liveedit_jax.layers import Dense, RMSNorm, gelu_tanh
 from liveedit_jax.tokenizer import Tokenizer
 
@@ -72,9 +72,7 @@ class UMT5Config(PresetConfig):
     if self.num_buckets < 4 or self.num_buckets % 4:
       raise ValueError(f"{self.name}: num_buckets must be a positive multiple of 4 (half per direction, half of "
                        f"those exact), got {self.num_buckets}")
-    for field in ("compute_dtype", "param_dtype"):
-      if getattr(self, field) not in _DTYPES:
-        raise ValueError(f"{self.name}: {field} must be one of {_DTYPES}, got {getattr(self, field)!r}")
+    self.check_dtypes()
 
   @property
   def attn_dim(self) -> int:

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from liveedit_jax import param_io
-from liveedit_jax.config import _DTYPES, PresetConfig
+from liveedit_jax.config import PresetConfig
 from liveedit_jax.layers import Dense
 
 Params = dict[str, Any]
@@ -90,9 +90,7 @@ class VAEConfig(PresetConfig):
     odd = [self.dim * m for m in self.dim_mult if self.dim * m % 2]
     if odd:
       raise ValueError(f"{self.name}: the decoder halves every stage width, so dim·dim_mult must be even; got {odd}")
-    for field in ("compute_dtype", "param_dtype"):
-      if getattr(self, field) not in _DTYPES:
-        raise ValueError(f"{self.name}: {field} must be one of {_DTYPES}, got {getattr(self, field)!r}")
+    self.check_dtypes()
 
   @property
   def spatial_factor(self) -> int:

@@ -1,0 +1,18 @@
+"""The model configs' shared checks (`config.PresetConfig`): every kind names a bad dtype field and its preset."""
+
+import pytest
+
+from liveedit_jax.config import DiTConfig
+from liveedit_jax.taehv import TAEHVConfig
+from liveedit_jax.umt5 import UMT5Config
+from liveedit_jax.vae import VAEConfig
+
+
+@pytest.mark.parametrize("config_class", [DiTConfig, VAEConfig, TAEHVConfig, UMT5Config], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("field", ["compute_dtype", "param_dtype"])
+def test_a_bad_dtype_is_named(config_class, field):
+  for dtype in ("float32", "bfloat16", "float16"):
+    assert getattr(config_class.preset("tiny", **{field: dtype}), field) == dtype
+  with pytest.raises(ValueError, match=f"^tiny: {field} must be one of \\('float32', 'bfloat16', 'float16'\\), "
+                                       f"got 'float64'$"):
+    config_class.preset("tiny", **{field: "float64"})
