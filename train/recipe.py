@@ -176,8 +176,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--autoencoder", metavar="JSON", help='AutoencoderConfig fields to change for this run, e.g. '
                       '\'{"temporal_init": "per_frame"}\' (the autoencoder phase only; later calls need not repeat it)')
   parser.add_argument("--package", type=Path, metavar="DIR", help="write the shipped model directories there")
-  parser.add_argument("--dit", choices=[p for p in PHASES if p.startswith("stage3")], default="stage3",
-                      help="the stage 3 run --package ships")
+  parser.add_argument("--dit", choices=[p for p in PHASES if p.startswith("stage")], default="stage3",
+                      help="the stage whose EMA --package ships as the DiT (the default model's is a stage 3; the "
+                      "earlier stages' packages serve the notebook studies)")
   args = parser.parse_args(argv)
   recipe = RECIPES[args.recipe] if args.workdir is None else with_workdir(RECIPES[args.recipe], args.workdir)
   if args.autoencoder:
