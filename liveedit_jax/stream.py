@@ -11,6 +11,7 @@
         -f rawvideo -pixel_format rgb24 -video_size 832x480 -framerate 16 -
     python -m liveedit_jax.stream --input in.mp4 --output out.mp4 --prompt "make the circle red" \\
         --prompt-at 48:"make the circle green" --prompt-schedule later.txt --recache
+    python -m liveedit_jax.stream --input in.mp4 --output out.mp4 --prompt "make it snowy" --devices 2 ...
 
 Per chunk of 3 latent frames (9 video frames for the first chunk, 12 for each later one; Wan's VAE encodes the first
 frame alone): encode → `stream_step` (the distilled DiT's denoising steps against the KV cache) → decode → write and
@@ -30,6 +31,25 @@ attention implementation (pallas: the kernels of liveedit_kernels/ measured fast
 is padded by repeating its last frame and only its real frames are written. The prompt is embedded once before
 streaming (through the prompt cache when given, so the 11 GB text encoder is loaded only on a miss and freed before
 the DiT loads), or a precomputed [1, L, text_dim] embedding is read (`--context`).
+
+Devices (`placement.py`): `--devices 1`, the default, runs every stage on JAX's first device. `--devices 2` puts the
+autoencoders (encode and decode) on the first device and the DiT (its stream step, prompt switches, the KV history)
+on the second, each stage's params and state created there; the latents cross with `jax.device_put`, device to
+device, and nothing on the host waits between the stages. A device runs its programs in the order they are
+dispatched, so the loop dispatches chunk k's decode after chunk k + 1's encode: while the DiT denoises chunk k, the
+autoencoders' device decodes chunk k − 1 and encodes chunk k + 1. With an input of known length (a file) the loop
+waits for the reader to have chunk k + 1 (it is ahead of the device); with a live one (a webcam, stdin) it does so
+only when that chunk is already read, else it decodes chunk k at once, so no decode waits for the camera. The frames
+are those of one device, bit for bit (tests/test_stream_devices.py, 8 fake CPU devices). What to expect, not yet
+measured on GPUs: a chunk every max(DiT, encode + decode) instead of every DiT + encode + decode, i.e. on H200s with
+the Wan VAE about 217 ms (the DiT with the mask cache 0.7) instead of the stages' 412 ms per 12 frames
+(docs/benchmarks.md's figures), up to 1.9× the frame rate (the issue asks ≥ 1.8× on 2 H200s), less with a TAEHV
+decoder, where the DiT is already most of a chunk; each chunk's latency grows by the next chunk's encode it waits
+behind (Wan's VAE: about 74 ms; TAEHV's less) and the two copies of a chunk's latents between the devices (0.6 MB
+each in bfloat16 at 480×832). With --sync-stages the stages run one after another on their devices (each stage's ms
+then includes its output's copy to the next stage's device). More devices (the DiT's layers or its denoising steps
+split over them) and several hosts (`jax.distributed`) are not built; `placement.py` says why and what they would
+take.
 
 A prompt schedule changes the instruction while streaming: `--prompt-at FRAME:TEXT` (repeatable) and
 `--prompt-schedule FILE` (a FRAME and its TEXT per line, separated by the first tabs or spaces; blank lines and lines
@@ -112,6 +132,7 @@ from liveedit_jax.autoencoders import Autoencoder, AutoencoderState, Chunking
 from liveedit_jax.config import AttentionImpl, DiTConfig
 from liveedit_jax.dit import load_dit
 from liveedit_jax.mask_cache import MaskCacheConfig
+from liveedit_jax.placement import Placement, abstract, born_on, plan
 from liveedit_jax.prompt_cache import PromptCache
 from liveedit_jax.prompt_switch import History, push_history
 from liveedit_jax.streaming import StreamConfig, StreamState, init_stream, stream_step
@@ -180,6 +201,9 @@ def add_run_options(group: argparse._ArgumentGroup) -> argparse._ArgumentGroup:
                      "reading, the device's work and writing")
   group.add_argument("--no-compile-cache", action="store_true",
                      help=f"do not keep compiled steps in JAX's persistent compilation cache ({_shown_cache_dir()})")
+  group.add_argument("--devices", type=int, default=1,
+                     help="devices the stages run on: 1, all on the first; 2, the autoencoders on the first and the "
+                     "DiT on the second, pipelined (chunk k+1 encoded and k-1 decoded while chunk k is denoised)")
   return group
 
 
@@ -335,6 +359,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   if args.attention in ("cudnn", "pallas") and jax.default_backend() != "gpu":
     parser.error(f"--attention {args.attention} runs on a GPU only; JAX runs on {jax.default_backend()} here (use "
                  f"auto or xla)")
+  try:
+    args.placement = plan(args.devices)
+  except ValueError as err:
+    parser.error(str(err))
   args.models = default_model.resolve(args.dit, args.vae, args.text_encoder, text=not args.context)
   native = default_model.native() if "dit" in args.models.defaults else None
   for field, converted in CONVERTED_SIZE.items():
@@ -460,8 +488,8 @@ def _elapsed_ms(start: float) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Models:
-  """The loaded DiT and autoencoders (params on the default device): `encoder` encodes and `decoder` decodes, the
-  same object when one directory does both."""
+  """The loaded DiT and autoencoders (params committed to their stage's device, `Placement`): `encoder` encodes and
+  `decoder` decodes, the same object when one directory does both."""
 
   dit_config: DiTConfig
   dit_params: Any
@@ -476,7 +504,8 @@ _mask_report = jax.jit(lambda stats: jnp.stack([stats.active_fraction, stats.iou
 
 @dataclasses.dataclass(frozen=True)
 class Steps:
-  """The stream's executables, compiled ahead of time; each tuple holds the first chunk's and the later chunks'.
+  """The stream's executables, compiled ahead of time for the devices of `placement`; each tuple holds the first
+  chunk's and the later chunks'.
 
   encode(encoder params, ae_state, video [1, T_read, H, W, 3] in [−1, 1]) → (ae_state, latents [1, c, h, w, z]);
   dit(dit_params, state, latents) → (edited latents [1, c, h, w, z], state); decode(decoder params, ae_state, edited)
@@ -485,9 +514,11 @@ class Steps:
   are donated, as the jitted functions they are compiled from donate them. With a prompt schedule: switch(dit_params,
   state, context, history) → state (`prompt_switch.switch_step`: new text K/V, with a history the KV cache re-cached;
   history None with the keep policy) and, with --recache, push(history, edited, latents) → history (`push_history`);
-  else None. With the mask cache a switched state has first_chunk set, so its next chunk runs `dit[0]`.
+  else None. With the mask cache a switched state has first_chunk set, so its next chunk runs `dit[0]`. encode and
+  decode run on placement.autoencoder, the others on placement.dit.
   """
 
+  placement: Placement
   encode: tuple[Any, Any]
   dit: tuple[Any, Any]
   decode: tuple[Any, Any]
@@ -505,26 +536,27 @@ class Steps:
     return switched.replace(first_chunk=state.tokens is not None)
 
 
-def compile_steps(models: Models, state: StreamState, ae_state: AutoencoderState, chunking: Chunking,
-                  height: int, width: int, context: jax.Array | None = None,
+def compile_steps(models: Models, placement: Placement, state: StreamState, ae_state: AutoencoderState,
+                  chunking: Chunking, height: int, width: int, context: jax.Array | None = None,
                   history: History | None = None) -> tuple[Steps, int]:
   """Lowers every step for the first and the later chunks (each state's shape taken from the previous lowering's
-  output), then compiles them concurrently: XLA compiles outside the GIL, and the persistent compilation cache,
-  when on, answers each from disk. With `context` (a scheduled prompt's embedding: they all have its shape) the
-  prompt switch too, and with `history` (--recache) the switch that re-caches and the history's push. Returns
-  (steps, the number of executables)."""
-  m = models
-  abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)  # noqa: E731
-  ae_state, state, history = abstract(ae_state), abstract(state), abstract(history)
+  output) on its stage's device, then compiles them concurrently: XLA compiles outside the GIL, and the persistent
+  compilation cache, when on, answers each from disk. With `context` (a scheduled prompt's embedding: they all have
+  its shape) the prompt switch too, and with `history` (--recache) the switch that re-caches and the history's
+  push. Returns (steps, the number of executables)."""
+  m, on_ae, on_dit = models, placement.autoencoder, placement.dit
+  # Lowered outputs carry no device: each input is placed again, on the device of the stage that takes it.
+  ae_state, state, history = abstract(ae_state, on_ae), abstract(state, on_dit), abstract(history, on_dit)
   lowered: list[list[Any]] = [[], [], []]  # per step: first chunk, later chunks
   for later, frames in enumerate(chunking.read):
-    video = jax.ShapeDtypeStruct((1, frames, height, width, 3), jnp.float32)
+    video = abstract(jax.ShapeDtypeStruct((1, frames, height, width, 3), jnp.float32), on_ae)
     encode = encode_chunk.lower(m.encoder.config, m.encoder.params, ae_state, video, first=not later)
-    ae_state, latents = encode.out_info
-    dit = stream_step.lower(m.dit_config, m.dit_params, state, latents)
-    edited, state = dit.out_info
-    decode = decode_chunk.lower(m.decoder.config, m.decoder.params, ae_state, edited, first=not later)
-    ae_state, _ = decode.out_info
+    ae_state, latents = abstract(encode.out_info, on_ae)
+    dit = stream_step.lower(m.dit_config, m.dit_params, state, abstract(latents, on_dit))
+    edited, state = abstract(dit.out_info, on_dit)
+    decode = decode_chunk.lower(m.decoder.config, m.decoder.params, ae_state, abstract(edited, on_ae),
+                                first=not later)
+    ae_state = abstract(decode.out_info[0], on_ae)
     for step, low in zip(lowered, (encode, dit, decode)):
       step.append(low)
   flat = [low for step in lowered for low in step]
@@ -534,48 +566,71 @@ def compile_steps(models: Models, state: StreamState, ae_state: AutoencoderState
   if context is not None:
     # Lowered for a later chunk's state (a switch happens between chunks); its output has that state's types, so
     # the next chunk's step takes it as it comes.
-    extra["switch"] = prompt_switch.switch_step.lower(m.dit_config, m.dit_params, state, abstract(context), history)
+    extra["switch"] = prompt_switch.switch_step.lower(m.dit_config, m.dit_params, state, abstract(context, on_dit),
+                                                      history)
   if history is not None:
-    extra["push"] = push_history.lower(history, edited, latents)
+    extra["push"] = push_history.lower(history, edited, abstract(latents, on_dit))
   flat += extra.values()
   with concurrent.futures.ThreadPoolExecutor(len(flat)) as pool:
     compiled = list(pool.map(lambda low: low.compile(), flat))
   encode, dit, decode = (tuple(compiled[2 * i:2 * i + 2]) for i in range(3))
-  return Steps(encode, dit, decode, **{"mask": None, **dict(zip(extra, compiled[6:]))}), len(compiled)
+  return Steps(placement, encode, dit, decode, **{"mask": None, **dict(zip(extra, compiled[6:]))}), len(compiled)
+
+
+class _Laps:
+  """Stage times: with `sync`, `lap(out)` waits for `out` and records the ms since the previous lap; else nothing
+  waits and `ms` is None."""
+
+  def __init__(self, sync: bool):
+    self.sync, self.start, self.times = sync, time.perf_counter(), []
+
+  def lap(self, out: Any) -> None:
+    if self.sync:
+      jax.block_until_ready(out)
+      self.times.append(_elapsed_ms(self.start))
+      self.start = time.perf_counter()
+
+  @property
+  def ms(self) -> tuple[float, ...] | None:
+    return tuple(self.times) if self.sync else None
 
 
 def edit_chunk(models: Models, steps: Steps, ae_state: AutoencoderState, state: StreamState, frames: np.ndarray,
                later: bool, sync: bool, history: History | None = None):
-  """One chunk through encode → DiT → decode, dispatched without waiting unless `sync` (then each stage is waited
-  for, so that it can be timed).
+  """One chunk through encode (on steps.placement.autoencoder) → DiT (on steps.placement.dit), dispatched without
+  waiting unless `sync` (then each stage is waited for, so that it can be timed); `decode_edited` decodes it.
 
   frames: uint8 [T_read, H, W, 3] (with Wan's encoder 9 for the first chunk, 12 after; TAEHV's: 12 each).
   history: pushed the chunk's edited and source latents (--recache; None: not kept). Returns (ae_state, state, edited
-  frames float32 [1, T_written, H, W, 3] in [−1, 1] on the device (9 for the first chunk, 12 after), [active fraction,
-  IoU] of the mask chosen for the next chunk (a device float32 [2]; None without the mask cache), (encode, DiT,
-  decode) ms when `sync`, else None, history).
+  latents [1, c, h, w, z] copied to the autoencoder's device, [active fraction, IoU] of the mask chosen for the next
+  chunk (a float32 [2] on the DiT's device; None without the mask cache), (encode, DiT) ms when `sync`, each with
+  its output's copy to the next stage's device, else None, history).
   """
-  m, ms, start = models, [], time.perf_counter()
-
-  def lap(out):
-    nonlocal start
-    if sync:
-      jax.block_until_ready(out)
-      ms.append(_elapsed_ms(start))
-      start = time.perf_counter()
-
-  ae_state, latents = steps.encode[later](m.encoder.params, ae_state, jax.device_put(to_float(frames)[None]))
-  lap(latents)
+  m, laps, placement = models, _Laps(sync), steps.placement
+  ae_state, latents = steps.encode[later](m.encoder.params, ae_state,
+                                          jax.device_put(to_float(frames)[None], placement.autoencoder))
+  latents = jax.device_put(latents, placement.dit)  # device to device, or nothing on one device
+  laps.lap(latents)
   # A later chunk whose state has first_chunk set (the mask cache's next chunk after a prompt switch) runs in
   # full: the first chunk's step, lowered for such a state.
   edited, state = steps.dit[later and not state.first_chunk](m.dit_params, state, latents)
-  lap(edited)
-  ae_state, decoded = steps.decode[later](m.decoder.params, ae_state, edited)
-  lap(decoded)
+  to_decode = jax.device_put(edited, placement.autoencoder)
+  laps.lap(to_decode)
   mask = None if steps.mask is None else steps.mask(state.tokens.stats)
   if history is not None:  # after the laps: not part of any stage's ms
     history = steps.push(history, edited, latents)
-  return ae_state, state, decoded, mask, tuple(ms) if sync else None, history
+  return ae_state, state, to_decode, mask, laps.ms, history
+
+
+def decode_edited(models: Models, steps: Steps, ae_state: AutoencoderState, edited: jax.Array, later: bool,
+                  sync: bool) -> tuple[AutoencoderState, jax.Array, tuple[float, ...] | None]:
+  """`edit_chunk`'s edited latents decoded on steps.placement.autoencoder, dispatched without waiting unless
+  `sync`. Returns (ae_state, frames float32 [1, T_written, H, W, 3] in [−1, 1] on the device (9 for the first
+  chunk, 12 after), (decode ms,) when `sync`, else None)."""
+  laps = _Laps(sync)
+  ae_state, decoded = steps.decode[later](models.decoder.params, ae_state, edited)
+  laps.lap(decoded)
+  return ae_state, decoded, laps.ms
 
 
 @dataclasses.dataclass
@@ -583,8 +638,8 @@ class _Chunk:
   """A chunk on its way through the stream: the frames its encoder takes, uint8 [T_read, H, W, 3] (padded at the
   input's end), the source frames of its output uint8 [real, H, W, 3] (`autoencoders.stream_chunks`), when they
   reached the stream (perf_counter s), the input frame index its output starts at (0, 9, 21, … whichever the
-  encoder), then its device outputs (`edit_chunk`'s decoded, mask and ms) and whether the chunk before it ran in
-  full (the IoU of its mask is then not shown)."""
+  encoder), then its device outputs (`edit_chunk`'s edited latents, mask and ms, `decode_edited`'s decoded frames
+  and ms added to them) and whether the chunk before it ran in full (the IoU of its mask is then not shown)."""
 
   index: int
   frames: np.ndarray
@@ -592,6 +647,7 @@ class _Chunk:
   read_at: float
   start: int
   after_full: bool = False
+  edited: Any = None
   decoded: Any = None
   mask: Any = None
   ms: tuple[float, ...] | None = None
@@ -646,9 +702,11 @@ def _get(q: queue.Queue, worker: _Worker) -> Any:
 def _overlapped(chunks: Iterator[_Chunk], finish: Callable[[_Chunk], None], depth: int = 2):
   """Reads `chunks` in a thread and `finish`es (writes) chunks in another, each through a queue of `depth`, so
   both overlap the device work the stream's thread dispatches. Yields (the chunks read, the function handing a
-  dispatched chunk to the writer). On exit, also by an exception (Ctrl-C, SIGTERM, a failed chunk), the writer
-  finishes every chunk already handed to it (at most depth + 1), so the output ends at a chunk boundary."""
+  dispatched chunk to the writer, ready(wait): whether the next chunk, or the input's end, has been read, waited
+  for if `wait`). On exit, also by an exception (Ctrl-C, SIGTERM, a failed chunk), the writer finishes every chunk
+  already handed to it (at most depth + 1), so the output ends at a chunk boundary."""
   read, written, stop = queue.Queue(depth), queue.Queue(depth), threading.Event()
+  peeked = []  # the next item, taken from `read` by `ready`
 
   def read_all():
     for chunk in chunks:
@@ -666,11 +724,16 @@ def _overlapped(chunks: Iterator[_Chunk], finish: Callable[[_Chunk], None], dept
   reader.start()
 
   def received():
-    while (chunk := _get(read, reader)) is not _END:
+    while (chunk := peeked.pop() if peeked else _get(read, reader)) is not _END:
       yield chunk
 
+  def ready(wait: bool) -> bool:
+    if not peeked and (wait or not read.empty()):  # this thread alone takes from `read`: the get does not wait
+      peeked.append(_get(read, reader))
+    return bool(peeked)
+
   try:
-    yield received(), lambda chunk: _put(written, chunk, writer)
+    yield received(), lambda chunk: _put(written, chunk, writer), ready
   finally:
     stop.set()
     _finish_writing(written, writer)
@@ -699,8 +762,9 @@ def _finish_writing(written: queue.Queue, writer: _Worker) -> None:
 
 @contextlib.contextmanager
 def _serial(chunks: Iterator[_Chunk], finish: Callable[[_Chunk], None]):
-  """`_overlapped`'s interface with no threads: each chunk is read, then edited, then written."""
-  yield chunks, finish
+  """`_overlapped`'s interface with no threads: each chunk is read, then edited, then written (the next chunk is
+  never read ahead)."""
+  yield chunks, finish, lambda wait: False
 
 
 def run_stream(models: Models, steps: Steps, state: StreamState, ae_state: AutoencoderState, reader: FrameReader,
@@ -763,11 +827,19 @@ def run_stream(models: Models, steps: Steps, state: StreamState, ae_state: Autoe
       report += f"  mask: {fraction:.0%} tokens recomputed" + ("" if chunk.after_full else f", IoU {iou:.2f}")
     cli.say(report)
 
+  def decode(chunk: _Chunk):
+    nonlocal ae_state
+    ae_state, chunk.decoded, ms = decode_edited(models, steps, ae_state, chunk.edited, later=chunk.index > 0,
+                                                sync=sync_stages)
+    chunk.edited, chunk.ms = None, chunk.ms and chunk.ms + ms
+    send(chunk)
+
   mask = None  # the mask statistics of the chunk being edited (chosen by the previous chunk's step)
   pending = list(schedule)  # the entries not yet in effect, by frame
   full = False  # whether the previous chunk ran in full (the first always does)
+  held = None  # a chunk denoised, its decode not yet dispatched
   try:
-    with (_serial if sync_stages else _overlapped)(chunks(), finish) as (received, send):
+    with (_serial if sync_stages else _overlapped)(chunks(), finish) as (received, send, ready):
       for chunk in received:
         bar.set_description(f"chunk {chunk.index}")
         if due := [item for item in pending if item[0].frame <= chunk.start]:
@@ -778,10 +850,21 @@ def run_stream(models: Models, steps: Steps, state: StreamState, ae_state: Autoe
           cli.say(f"prompt switch before chunk {chunk.index} (input frame {chunk.start}; {entry.where}): "
                   f"{entry.prompt!r}, the KV cache " + ("re-cached under it" if history is not None else "kept"))
         chunk.after_full, full = full, chunk.index == 0 or state.first_chunk
-        ae_state, state, chunk.decoded, next_mask, chunk.ms, history = edit_chunk(
+        ae_state, state, chunk.edited, next_mask, chunk.ms, history = edit_chunk(
             models, steps, ae_state, state, chunk.frames, later=chunk.index > 0, sync=sync_stages, history=history)
         chunk.mask, mask = mask, next_mask
-        send(chunk)
+        if held is not None:
+          decode(held)
+        # A device runs its programs in the order they are dispatched. With the stages on two devices, a decode
+        # dispatched now would wait on the autoencoder's device for the DiT, and the next chunk's encode behind it,
+        # so the DiT would wait for both: held until that encode is dispatched, the decode runs while the next
+        # chunk is denoised. An input of known length (a file) is waited for, the reader being ahead of the
+        # device; a live one only when its next chunk is already read, so that no decode waits for the camera.
+        held = chunk if steps.placement.pipelined and ready(wait=total is not None) else None
+        if held is None:
+          decode(chunk)
+      if held is not None:
+        decode(held)
   finally:
     bar.close()
     later = writer.frames_written - min(writer.frames_written, chunking.written[0])
@@ -793,17 +876,18 @@ def run_stream(models: Models, steps: Steps, state: StreamState, ae_state: Autoe
 
 def load_models(args: argparse.Namespace, dtype: str, encoder: autoencoders.Config,
                 decoder: autoencoders.Config) -> Models:
-  """The DiT (with --attention) and the autoencoders in `dtype`, each between two status lines; `encoder`,
-  `decoder`: their configs (`check_decoder`), for their names. One directory that encodes and decodes loads once."""
-  dirs = args.models
-  dit = load_logged(_model_name(args, "dit", "DiT"), dirs.dit, lambda: load_dit(dirs.dit, compute_dtype=dtype),
-                    lambda m: m[1])
+  """The DiT (with --attention) and the autoencoders in `dtype`, each between two status lines and loaded onto its
+  device (args.placement); `encoder`, `decoder`: their configs (`check_decoder`), for their names. One directory
+  that encodes and decodes loads once."""
+  dirs, devices = args.models, args.placement
+  dit = load_logged(_model_name(args, "dit", "DiT"), dirs.dit,
+                    lambda: born_on(devices.dit, lambda: load_dit(dirs.dit, compute_dtype=dtype)), lambda m: m[1])
   split = args.decoder is not None
   sides = [(dirs.vae, _model_name(args, "vae", autoencoders.kind_of(encoder).noun) + (" encoder" if split else ""))]
   if split:
     sides.append((args.decoder, f"the {autoencoders.kind_of(decoder).noun} decoder"))
-  loaded = [load_logged(name, path, lambda path=path: autoencoders.load(path, compute_dtype=dtype),
-                        lambda m: m.params) for path, name in sides]
+  loaded = [load_logged(name, path, lambda path=path: Autoencoder(**born_on(devices.autoencoder, lambda: vars(
+      autoencoders.load(path, compute_dtype=dtype)))), lambda m: m.params) for path, name in sides]
   return Models(dit[0].replace(attention=args.attention), dit[1], loaded[0], loaded[-1])
 
 
@@ -843,28 +927,33 @@ def main(argv: list[str] | None = None) -> None:
       total = min(total, args.max_frames)
     context, *scheduled = load_contexts(args, dit_config)
     models = load_models(args, dtype, encoder, decoder)
-    s = encoder.spatial_factor
-    state = init_stream(models.dit_config, models.dit_params, context, latent_height=height // s,
-                        latent_width=width // s, options=options, rng=jax.random.key(args.seed))
-    ae_state = autoencoders.init_state(models.encoder.config, models.decoder.config, 1, height, width)
+    s, devices = encoder.spatial_factor, args.placement
+    state = born_on(devices.dit, lambda: init_stream(
+        models.dit_config, models.dit_params, context, latent_height=height // s, latent_width=width // s,
+        options=options, rng=jax.random.key(args.seed)))
+    ae_state = born_on(devices.autoencoder, lambda: autoencoders.init_state(
+        models.encoder.config, models.decoder.config, 1, height, width))
     # Made (and the scheduled embeddings copied to the device) before streaming: nothing runs uncompiled there.
-    history = prompt_switch.empty_history(state, models.dit_config) if args.recache else None
-    schedule = [(entry, jax.device_put(embedding)) for entry, embedding in zip(args.schedule, scheduled)]
+    history = born_on(devices.dit, lambda: prompt_switch.empty_history(state, models.dit_config)) \
+        if args.recache else None
+    schedule = [(entry, jax.device_put(embedding, devices.dit)) for entry, embedding in zip(args.schedule, scheduled)]
     exact = is_raw(args.input) or is_synthetic(args.input)
     length = "" if total is None else f" ({'' if exact else 'about '}{total} frames)"
     read, written = chunking
     chunks = f"chunks of {written[0]} then {written[1]} frames" if read == written else (
         f"chunks of {read[0]} then {read[1]} frames read, {written[0]} then {written[1]} written (the output "
         f"{chunking.lag} frames behind the input)")
+    on = "" if not devices.pipelined else (f", the autoencoders on {devices.autoencoder} and the DiT on "
+                                           f"{devices.dit}")
     cli.say(f"streaming {reader.name}{length} to {writer.name} at {width}×{height}, {args.fps:g} fps, {dtype}, "
-            f"{chunks}" + (", source | edit" if args.side_by_side else ""))
+            f"{chunks}" + (", source | edit" if args.side_by_side else "") + on)
     cache = "" if args.no_compile_cache else f" (compilation cache: {_shown_cache_dir()})"
     switch = "" if not schedule else " and the prompt switch" + (" (re-caching)" if args.recache else "")
     nouns = autoencoders.kind_of(encoder).noun, autoencoders.kind_of(decoder).noun
     with cli.status(f"compiling the {nouns[0]} encode, DiT step and {nouns[1]} decode of the first and the later "
                     f"chunks{switch}{cache}") as compiling:
       with cli.CompileTimer() as timer:
-        steps, count = compile_steps(models, state, ae_state, chunking, height, width,
+        steps, count = compile_steps(models, devices, state, ae_state, chunking, height, width,
                                      schedule[0][1] if schedule else None, history)
       compiling.note(f"{timer.count - timer.cache_hits} of {count} executables compiled" +
              ("" if args.no_compile_cache else f", {timer.cache_hits} read from the cache"))

@@ -156,6 +156,8 @@ ROWS = {
     "stream-decoder-other-latents": ("liveedit_jax.stream", [*STREAM, "--decoder", "{tmp}/taehv_z12"], USER,
                                      ["{tmp}/taehv_z12: the TAEHV decoder's latent channels 12 differs from the VAE "
                                       "encoder's 16 (the default model's vae ("]),
+    "stream-more-devices-than-present": ("liveedit_jax.stream", [*STREAM, "--devices", "16"], USAGE,
+                                         ["--devices 16: JAX sees 1 cpu device here"]),
     "stream-vae-of-another-kind": ("liveedit_jax.stream", [*STREAM, "--vae", "{tmp}/dit_only"], USER,
                                    ['{tmp}/dit_only/config.json: "kind" is \'dit\', expected \'vae\' or \'taehv\'']),
     "evaluate-decoder-of-another-kind": ("liveedit_jax.evaluate", ["--editor", "stream", "--clips", "1", "--decoder",

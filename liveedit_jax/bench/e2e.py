@@ -7,6 +7,7 @@
         --dtype float32                                      # CPU smoke run
 
     python -m liveedit_jax.bench e2e --sync-stages --prune 0.5   # the CLI's streaming and running options
+    python -m liveedit_jax.bench e2e --devices 2                 # the autoencoders on one GPU, the DiT on another
 
 Writes random-weight checkpoints of the presets (speed does not depend on the weights), a random prompt embedding
 and a random raw rgb24 clip into a temporary directory, then runs the CLI on them (raw in, raw out, so no video
@@ -95,4 +96,5 @@ def main(argv: list[str] | None = None) -> None:
                  "--context", str(tmp / "context.npy"), "--height", str(args.height), "--width", str(args.width),
                  "--dtype", args.dtype, *forwarded])
     frames = (tmp / "out.rgb").stat().st_size // (3 * args.height * args.width)
-    print(f"device: {jax.devices()[0].device_kind}; output frames: {frames}", flush=True)
+    print(f"device: {jax.devices()[0].device_kind}, {args.devices} of {jax.device_count()} used; output frames: "
+          f"{frames}", flush=True)
