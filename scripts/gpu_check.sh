@@ -68,7 +68,13 @@ for section in "${sections[@]}"; do
          # TAEHV (taew2_1's sizes, random weights) decoding after Wan's encoder, then both ways
          run bench_e2e_taehv_decoder 420 python3 -m liveedit_jax.bench e2e --decoder-preset taew2_1
          run bench_e2e_taehv_both 420 python3 -m liveedit_jax.bench e2e --encoder-preset taew2_1 \
-           --decoder-preset taew2_1 ;;
+           --decoder-preset taew2_1
+         # With several GPUs: the autoencoders on one and the DiT on another, pipelined (issue 23: >= 1.8x the
+         # one-GPU bench_e2e above, in the same run)
+         if [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -gt 1 ]; then
+           run bench_e2e_devices2 420 python3 -m liveedit_jax.bench e2e --devices 2
+           run bench_e2e_devices2_taehv_decoder 420 python3 -m liveedit_jax.bench e2e --devices 2 --decoder-preset taew2_1
+         fi ;;
     recipe) run recipe 590 python3 -m train.recipe synth --workdir "${RECIPE_WORKDIR:-/tmp/synth}" ${RECIPE_ARGS:-}
             cp "${RECIPE_WORKDIR:-/tmp/synth}/vae/export/metrics.json" "$OUT/autoencoder_metrics.json" 2>/dev/null ;;
     ae_sweep) run ae_sweep 590 python3 scripts/autoencoder_sweep.py --root /tmp/ae_sweep --out "$OUT/ae_sweep.json" \
