@@ -11,7 +11,11 @@
 #   scripts/gpu_check.sh triton            the jax-triton kernels (adaLN, q/k RMSNorm + RoPE): GPU tests and bench
 #   RECIPE_ARGS="--until data --max-seconds 400" scripts/gpu_check.sh recipe
 #                                          the default model's recipe (train.recipe synth) in /tmp/synth, resumable
-#                                          by the next call on the same machine; the autoencoder's metrics to $OUT
+#                                          by the next call on the same machine; the autoencoder's metrics to $OUT;
+#                                          RECIPE_AUTOENCODER='{"latent_noise": 0}' passes --autoencoder (one word)
+#   scripts/gpu_check.sh recipe_pack       the finished recipe's packages (bf16): the default model (stage 3 pruned)
+#                                          and the DiTs of stages 1, 2, 3 (the studies'), as $OUT/models.tar.part*
+#                                          (≤ 15 MB each: `cat models.tar.part* | tar -x`) with the TensorBoard logs
 #   AE_SWEEP='{"a": {"steps": 400}, "b": {"steps": 600, "short_steps": 400}}' scripts/gpu_check.sh ae_sweep
 #                                          short autoencoder variants (scripts/autoencoder_sweep.py)
 #
@@ -75,8 +79,19 @@ for section in "${sections[@]}"; do
            run bench_e2e_devices2 420 python3 -m liveedit_jax.bench e2e --devices 2
            run bench_e2e_devices2_taehv_decoder 420 python3 -m liveedit_jax.bench e2e --devices 2 --decoder-preset taew2_1
          fi ;;
-    recipe) run recipe 590 python3 -m train.recipe synth --workdir "${RECIPE_WORKDIR:-/tmp/synth}" ${RECIPE_ARGS:-}
+    recipe) run recipe 590 python3 -m train.recipe synth --workdir "${RECIPE_WORKDIR:-/tmp/synth}" ${RECIPE_ARGS:-} \
+              ${RECIPE_AUTOENCODER:+--autoencoder "$RECIPE_AUTOENCODER"}
             cp "${RECIPE_WORKDIR:-/tmp/synth}/vae/export/metrics.json" "$OUT/autoencoder_metrics.json" 2>/dev/null ;;
+    recipe_pack) run recipe_pack 300 bash -c 'set -e; w=${RECIPE_WORKDIR:-/tmp/synth}
+              rm -rf /tmp/models /tmp/pack_*; mkdir -p /tmp/models
+              for stage in stage3_pruned stage1 stage2 stage3; do
+                [ -d "$w/$stage/export_ema" ] || { echo "no $stage export in $w"; continue; }
+                python3 -m train.recipe synth --workdir "$w" --package "/tmp/pack_$stage" --dit "$stage"
+                if [ $stage = stage3_pruned ]; then mv "/tmp/pack_$stage" /tmp/models/synth
+                else mv "/tmp/pack_$stage/dit" "/tmp/models/${stage}_dit"; fi
+              done
+              (cd "$w" && find . -path "*tensorboard*" -type f | tar -cf /tmp/models/tensorboard.tar -T -)
+              (cd /tmp && tar -cf - models) | split -b 15m - "$0/models.tar.part"; ls -la "$0"' "$OUT" ;;
     ae_sweep) run ae_sweep 590 python3 scripts/autoencoder_sweep.py --root /tmp/ae_sweep --out "$OUT/ae_sweep.json" \
                 "${AE_SWEEP:?set AE_SWEEP to the variants}" ;;
     *) echo "unknown section $section" ;;
