@@ -102,7 +102,7 @@ On a terminal a bar (frames done of the total, frames/s, ETA) runs below the lin
 each other, so the output of a run stopped at a chunk boundary (Ctrl-C, SIGTERM, `--max-frames`) is a prefix of the
 full run's (with a TAEHV encoder, --max-frames's last chunk excepted: its last latent looks ahead into padding
 instead of the frames past the limit); stopped by Ctrl-C or SIGTERM, the run still writes the chunks handed to the
-writer (at most 3), whole.
+writer (at most 3) and, with --devices 2, the chunk whose decode it held, whole.
 Errors are one line (`--debug` or LIVEEDIT_DEBUG=1 for the traceback).
 """
 
@@ -834,37 +834,45 @@ def run_stream(models: Models, steps: Steps, state: StreamState, ae_state: Autoe
     chunk.edited, chunk.ms = None, chunk.ms and chunk.ms + ms
     send(chunk)
 
+  def decode_held():
+    nonlocal held
+    if held is not None:
+      chunk, held = held, None  # cleared first: an interrupt inside the decode does not write the chunk twice
+      decode(chunk)
+
   mask = None  # the mask statistics of the chunk being edited (chosen by the previous chunk's step)
   pending = list(schedule)  # the entries not yet in effect, by frame
   full = False  # whether the previous chunk ran in full (the first always does)
   held = None  # a chunk denoised, its decode not yet dispatched
   try:
     with (_serial if sync_stages else _overlapped)(chunks(), finish) as (received, send, ready):
-      for chunk in received:
-        bar.set_description(f"chunk {chunk.index}")
-        if due := [item for item in pending if item[0].frame <= chunk.start]:
-          del pending[:len(due)]
-          entry, context = due[-1]  # the others due here would be replaced before any frame is edited under them
-          state = steps.switch_prompt(models.dit_params, state, context, history)
-          mask = None if state.first_chunk else mask  # the mask cache's next chunk recomputes every token
-          cli.say(f"prompt switch before chunk {chunk.index} (input frame {chunk.start}; {entry.where}): "
-                  f"{entry.prompt!r}, the KV cache " + ("re-cached under it" if history is not None else "kept"))
-        chunk.after_full, full = full, chunk.index == 0 or state.first_chunk
-        ae_state, state, chunk.edited, next_mask, chunk.ms, history = edit_chunk(
-            models, steps, ae_state, state, chunk.frames, later=chunk.index > 0, sync=sync_stages, history=history)
-        chunk.mask, mask = mask, next_mask
-        if held is not None:
-          decode(held)
-        # A device runs its programs in the order they are dispatched. With the stages on two devices, a decode
-        # dispatched now would wait on the autoencoder's device for the DiT, and the next chunk's encode behind it,
-        # so the DiT would wait for both: held until that encode is dispatched, the decode runs while the next
-        # chunk is denoised. An input of known length (a file) is waited for, the reader being ahead of the
-        # device; a live one only when its next chunk is already read, so that no decode waits for the camera.
-        held = chunk if steps.placement.pipelined and ready(wait=total is not None) else None
-        if held is None:
-          decode(chunk)
-      if held is not None:
-        decode(held)
+      try:
+        for chunk in received:
+          bar.set_description(f"chunk {chunk.index}")
+          if due := [item for item in pending if item[0].frame <= chunk.start]:
+            del pending[:len(due)]
+            entry, context = due[-1]  # the others due here would be replaced before any frame is edited under them
+            state = steps.switch_prompt(models.dit_params, state, context, history)
+            mask = None if state.first_chunk else mask  # the mask cache's next chunk recomputes every token
+            cli.say(f"prompt switch before chunk {chunk.index} (input frame {chunk.start}; {entry.where}): "
+                    f"{entry.prompt!r}, the KV cache " + ("re-cached under it" if history is not None else "kept"))
+          chunk.after_full, full = full, chunk.index == 0 or state.first_chunk
+          ae_state, state, chunk.edited, next_mask, chunk.ms, history = edit_chunk(
+              models, steps, ae_state, state, chunk.frames, later=chunk.index > 0, sync=sync_stages, history=history)
+          chunk.mask, mask = mask, next_mask
+          decode_held()
+          # A device runs its programs in the order they are dispatched. With the stages on two devices, a decode
+          # dispatched now would wait on the autoencoder's device for the DiT, and the next chunk's encode behind it,
+          # so the DiT would wait for both: held until that encode is dispatched, the decode runs while the next
+          # chunk is denoised. An input of known length (a file) is waited for, the reader being ahead of the
+          # device; a live one only when its next chunk is already read, so that no decode waits for the camera.
+          held = chunk if steps.placement.pipelined and ready(wait=total is not None) else None
+          if held is None:
+            decode(chunk)
+      except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: the chunk already denoised is written too
+        decode_held()
+        raise
+      decode_held()
   finally:
     bar.close()
     later = writer.frames_written - min(writer.frames_written, chunking.written[0])

@@ -1,6 +1,7 @@
 """`python -m liveedit_jax.stream --devices 2` on 8 fake CPU devices: the autoencoders on one device and the DiT on
 another, pipelined, write exactly the frames of one device (the overlapped loop and the serial --sync-stages one),
-and dispatch chunk k + 1's encode before chunk k's decode.
+and dispatch chunk k + 1's encode before chunk k's decode; interrupted, they still write the chunk whose decode
+was held.
 
 JAX fixes the device count when its backend starts, so each run is a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=8, the one-device run included: the flag itself changes XLA:CPU's
@@ -40,6 +41,24 @@ _RECORDED_RUN = textwrap.dedent("""
     print(json.dumps(order))
 """)
 
+# Runs the CLI with Ctrl-C arriving as chunk 2 is encoded: with --devices 2, chunk 1 is then denoised and its decode
+# held behind that encode.
+_INTERRUPTED_RUN = textwrap.dedent("""
+    import sys
+    from liveedit_jax import stream
+    edit, calls = stream.edit_chunk, []
+    def interrupted(*args, **kwargs):
+      calls.append(1)
+      if len(calls) == 3:
+        raise KeyboardInterrupt
+      return edit(*args, **kwargs)
+    stream.edit_chunk = interrupted
+    try:
+      stream.main(sys.argv[1:])
+    except KeyboardInterrupt:
+      sys.exit(130)
+""")
+
 
 def test_two_devices_write_one_devices_frames(setup, tmp_path):  # noqa: F811 (the fixture)
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
@@ -61,3 +80,9 @@ def test_two_devices_write_one_devices_frames(setup, tmp_path):  # noqa: F811 (t
   assert runs["two"][1] == ["edit", "edit", "decode", "edit", "decode", "decode"]  # each decode behind an encode
   assert "the autoencoders on cpu:0 and the DiT on cpu:1" in runs["two"][2]
   assert "the DiT on" not in runs["one"][2]
+  # Ctrl-C as chunk 2 is encoded: the held chunk 1 is still decoded and written, after chunk 0 (9 + 12 frames).
+  args = [a for a in cli_args(setup, tmp_path / "interrupted.rgb", "--devices", "2") if a != "--no-compile-cache"]
+  result = subprocess.run([sys.executable, "-c", _INTERRUPTED_RUN, *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=REPO)
+  assert result.returncode == 130, result.stderr
+  np.testing.assert_array_equal(read_raw(tmp_path / "interrupted.rgb"), one[:21])
