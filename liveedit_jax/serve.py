@@ -8,7 +8,9 @@ while it runs.
 The models load and every step compiles before the server listens (the stream CLI's `load_models` and
 `compile_steps`, plus the prompt switch under both KV policies), so a stream, and a switch in it, compiles nothing.
 The text encoder stays loaded: an instruction typed on the page is embedded when it arrives (through the prompt
-cache when given). The model options are the stream CLI's (`python -m liveedit_jax.stream --help`).
+cache when given). The model options are the stream CLI's (`python -m liveedit_jax.stream --help`); a chunk's
+stages run one after another here (encode, DiT, decode, then its frames are sent), so --devices 2 places them on
+two devices without overlapping them, and --sync-stages adds each stage's ms to the chunk's report.
 
 The page (`serve_static/index.html`, one file of HTML and JS served at /) picks the source: the webcam
 (getUserMedia), a video file played in a <video> element in the browser (its frames grabbed from the element: the
@@ -496,10 +498,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "the model usable by anyone who reaches it)")
   server.add_argument("--port", type=int, default=8000, help="port to listen on")
   server.add_argument("--height", type=int, help="frame height the model runs at, a multiple of 16 (default: the "
-                      "default model's native size without --dit, 480 with it)")
-  server.add_argument("--width", type=int, help="frame width the model runs at (default: as --height; 832)")
-  server.add_argument("--fps", type=float, help="the rate the page grabs frames at (default: the default model's "
-                      "16 without --dit, 16 with it)")
+                      "default model's native height without --dit, 480 with it)")
+  server.add_argument("--width", type=int, help="frame width the model runs at, a multiple of 16 (default: the "
+                      "default model's native width without --dit, 832 with it)")
+  server.add_argument("--fps", type=float, help="the rate the page grabs and shows frames at (default: the default "
+                      "model's native rate without --dit, 16 with it)")
   models = parser.add_argument_group("models (a model left out is the default model's part)")
   models.add_argument("--dit", help="converted DiT directory (python -m convert.wan_dit)")
   stream.add_autoencoder_options(models, "the default model's")

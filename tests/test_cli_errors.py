@@ -27,6 +27,7 @@ import liveedit_jax.bench.e2e  # noqa: F401
 import liveedit_jax.bench.stream  # noqa: F401
 import liveedit_jax.bench.vae  # noqa: F401
 import liveedit_jax.evaluate  # noqa: F401
+import liveedit_jax.serve  # noqa: F401
 import liveedit_jax.stream  # noqa: F401
 import liveedit_kernels.bench  # noqa: F401
 import train.autoencoder
@@ -164,6 +165,12 @@ ROWS = {
                                                                    "{tmp}/dit_only"], USER,
                                          ['{tmp}/dit_only/config.json: "kind" is \'dit\', expected \'vae\' or '
                                           "'taehv'"]),
+    # liveedit_jax.serve: its mistakes fire before a model loads or the server listens
+    "serve-bad-port": ("liveedit_jax.serve", ["--port", "70000"], USAGE, ["--port must be in 1..65535, got 70000"]),
+    "serve-size-not-multiple": ("liveedit_jax.serve", ["--height", "100", "--no-compile-cache"], USER,
+                                ["--height 100 and --width 128 must be positive multiples of 16"]),
+    "serve-vae-of-another-kind": ("liveedit_jax.serve", ["--vae", "{tmp}/dit_only", "--no-compile-cache"], USER,
+                                  ['{tmp}/dit_only/config.json: "kind" is \'dit\', expected \'vae\' or \'taehv\'']),
     # convert.umt5
     "umt5-not-umt5": ("convert.umt5", ["--src", "{tmp}/vae.safetensors", "--dst", "{tmp}/out"], USER,
                       ["{tmp}/vae.safetensors: not a umT5 encoder checkpoint",
@@ -176,7 +183,7 @@ ROWS = {
 }
 # Rows that also run as `python -m <cli>`: one per family, and the converters' multi-line key report.
 SUBPROCESS_ROWS = ("stage1-missing-data-dir", "prepare_data-out-exists", "taehv-wrong-keys", "wan_dit-wrong-keys",
-                   "bench-unknown-name", "stream-decoder-of-another-kind")
+                   "bench-unknown-name", "stream-decoder-of-another-kind", "serve-bad-port")
 
 
 @pytest.fixture
