@@ -1,14 +1,33 @@
 """Shared test setup: the `gpu` marker skips cleanly when JAX sees no GPU; the CLIs' persistent compilation cache
-goes to a temporary directory, not the user's cache."""
+goes to a temporary directory, not the user's cache, and is switched off again after each test that a CLI run
+switched it on in."""
 
 import os
 import tempfile
 
 import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
 # Before any test runs a CLI (they switch the cache on under $XDG_CACHE_HOME/liveedit_jax by default).
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="liveedit-test-cache-")
+
+# What `stream.enable_compile_cache` sets.
+_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                  "jax_persistent_cache_min_entry_size_bytes")
+
+
+@pytest.fixture(autouse=True)
+def _compilation_cache_restored():
+  """A CLI run in the test process (stream.main, evaluate.main, ...) switches JAX's persistent compilation cache on
+  for the whole process; after the test it is off again, so later tests compile as they would alone and write no
+  programs to disk (a training gradient's executable written there once aborted the suite on XLA:CPU)."""
+  before = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+  yield
+  if any(getattr(jax.config, name) != value for name, value in before.items()):
+    for name, value in before.items():
+      jax.config.update(name, value)
+    compilation_cache.reset_cache()
 
 
 def pytest_collection_modifyitems(config, items):
