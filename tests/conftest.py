@@ -1,6 +1,6 @@
 """Shared test setup: the `gpu` marker skips cleanly when JAX sees no GPU; the CLIs' persistent compilation cache
 goes to a temporary directory, not the user's cache, and is switched off again after each test that a CLI run
-switched it on in."""
+switched it on in; each module's compiled programs are freed after it."""
 
 import os
 import tempfile
@@ -37,3 +37,13 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "gpu" in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compiled_programs_freed():
+  """Frees the module's compiled programs after it: XLA:CPU maps memory for each executable (about 6 mappings for
+  a small one, measured), and the whole suite's, kept in one process, crashed the compiler late in the run (an
+  abort, then a segfault, in tests that pass alone) against the kernel's 65,530 mappings a process."""
+  yield
+  jax.clear_caches()
+
