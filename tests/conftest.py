@@ -41,9 +41,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True, scope="module")
 def _compiled_programs_freed():
-  """Frees the module's compiled programs after it: XLA:CPU maps memory for each executable (about 6 mappings for
-  a small one, measured), and the whole suite's, kept in one process, crashed the compiler late in the run (an
-  abort, then a segfault, in tests that pass alone) against the kernel's 65,530 mappings a process."""
+  """Frees the module's compiled programs after it. With the whole suite's programs kept in one process, XLA:CPU
+  crashed late in the run (an abort, then a segfault, in tests that pass alone); freed per module, the suite ran
+  through. Each executable holds its own memory mappings (about 6 for a small one, measured); the exact limit that
+  was hit is not pinned down."""
   yield
   jax.clear_caches()
 
