@@ -31,7 +31,7 @@ def parse_variants(text: str) -> dict[str, dict]:
   if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
     raise SystemExit('the variants are one JSON object {"NAME": {"field": value, ...}, ...}')
   try:
-    return {name: autoencoder.parse_overrides(json.dumps(fields), f"variant {name}")
+    return {name: autoencoder.check_overrides(fields, f"variant {name}")
             for name, fields in variants.items()}
   except cli.UserError as err:
     raise SystemExit(str(err)) from None

@@ -100,20 +100,29 @@ class AutoencoderConfig:
 
 
 def parse_overrides(text: str, what: str) -> dict[str, Any]:
-  """'{"field": value, ...}' → AutoencoderConfig fields to replace (workdir excluded: the caller's), checked;
-  a user mistake raises `cli.UserError` naming `what`."""
-  try:
-    overrides = json.loads(text)
-  except json.JSONDecodeError as err:
-    raise cli.UserError(f"{what}: not JSON ({err})") from None
-  if not isinstance(overrides, dict):
-    raise cli.UserError(f'{what}: expected one JSON object {{"field": value, ...}}, got {text!r}')
+  """'{"field": value, ...}' → AutoencoderConfig fields to replace (`check_overrides`); a user mistake raises
+  `cli.UserError` naming `what`."""
+  return check_overrides(_json_object(text, what), what)
+
+
+def check_overrides(overrides: dict[str, Any], what: str) -> dict[str, Any]:
+  """AutoencoderConfig fields to replace (workdir excluded: the caller's), checked, `vae_overrides` as pairs."""
   known = {f.name for f in dataclasses.fields(AutoencoderConfig)} - {"workdir"}
   if unknown := sorted(set(overrides) - known):
     raise cli.UserError(f"{what}: unknown AutoencoderConfig fields {unknown}")
   if "vae_overrides" in overrides:
-    overrides["vae_overrides"] = _vae_overrides(overrides["vae_overrides"], what)
+    overrides = {**overrides, "vae_overrides": _vae_overrides(overrides["vae_overrides"], what)}
   return overrides
+
+
+def _json_object(text: str, what: str) -> Any:
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as err:
+    raise cli.UserError(f"{what}: not JSON ({err})") from None
+  if not isinstance(value, dict):
+    raise cli.UserError(f'{what}: expected one JSON object {{"field": value, ...}}, got {text!r}')
+  return value
 
 
 def _vae_overrides(fields: Any, what: str) -> tuple[tuple[str, Any], ...]:
@@ -388,11 +397,7 @@ def main(argv: list[str] | None = None) -> None:
   args = vars(parser.parse_args(argv))
   overrides = args.pop("vae_overrides")
   if overrides is not None:
-    try:
-      fields = json.loads(overrides)
-    except json.JSONDecodeError as err:
-      raise cli.UserError(f"--vae-overrides: not JSON ({err})") from None
-    args["vae_overrides"] = _vae_overrides(fields, "--vae-overrides")
+    args["vae_overrides"] = _vae_overrides(_json_object(overrides, "--vae-overrides"), "--vae-overrides")
   args.pop("debug", None)  # `cli.run` takes --debug out; a direct `main(argv)` call may still pass it
   config = dataclasses.replace(defaults, **args)
   config.model()  # an unknown --vae preset fails here, before the logging starts
