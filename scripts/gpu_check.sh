@@ -86,7 +86,8 @@ for section in "${sections[@]}"; do
               rm -rf /tmp/models /tmp/pack_*; mkdir -p /tmp/models
               for stage in stage3_pruned stage1 stage2 stage3; do
                 [ -d "$w/$stage/export_ema" ] || { echo "no $stage export in $w"; continue; }
-                python3 -m train.recipe synth --workdir "$w" --package "/tmp/pack_$stage" --dit "$stage"
+                python3 -m train.recipe synth --workdir "$w" --package "/tmp/pack_$stage" --dit "$stage" \
+                  ${RECIPE_AUTOENCODER:+--autoencoder "$RECIPE_AUTOENCODER"}
                 if [ $stage = stage3_pruned ]; then mv "/tmp/pack_$stage" /tmp/models/synth
                 else mv "/tmp/pack_$stage/dit" "/tmp/models/${stage}_dit"; fi
               done

@@ -1,5 +1,6 @@
 """`python -m train.recipe`: the whole default-model recipe at toy sizes, its resumption and its package."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from liveedit_jax import param_io
+from liveedit_jax import cli, param_io
 from liveedit_jax.dit import load_dit
 from liveedit_jax.umt5 import encode_prompts, load_text_encoder
 from liveedit_jax.vae import load_vae
@@ -79,3 +80,17 @@ def test_package_holds_bfloat16_weights_equal_to_the_exports_and_their_hashes(ru
   shipped_context = np.asarray(encode_prompts(load_text_encoder(shipped / "text_encoder"), prompt), np.float32)
   context = np.asarray(encode_prompts(load_text_encoder(run_dir.outputs()["text_encoder"]), prompt), np.float32)
   assert np.abs(shipped_context - context).max() <= 2e-2 * np.abs(context).max()  # bfloat16 weights
+
+
+def test_a_run_continued_with_another_time_compression_is_refused(run_dir):
+  """The data's clip length follows the autoencoder's time compression, so a later call whose --autoencoder
+  changes it (here 4× → 2×) would encode clips of another length with the trained autoencoder."""
+  halved = (False, True, False)
+  other = dataclasses.replace(run_dir, autoencoder=dataclasses.replace(
+      run_dir.autoencoder, vae_overrides=(("temporal_downsample", halved),)))
+  assert (run_dir.frames, other.frames) == (21, 11)
+  with pytest.raises(cli.UserError, match="compresses time 4×, this run's --autoencoder 2×"):
+    recipe.run(other)
+  with pytest.raises(cli.UserError, match="compresses time 4×"):
+    recipe.main(["tiny", "--workdir", str(run_dir.workdir), "--package", str(run_dir.workdir) + "/p",
+                 "--autoencoder", json.dumps({"vae_overrides": {"temporal_downsample": list(halved)}})])

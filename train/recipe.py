@@ -35,6 +35,7 @@ import ml_dtypes
 
 from liveedit_jax import cli, param_io
 from liveedit_jax.synthetic import FPS
+from liveedit_jax.vae import VAEConfig
 from train import autoencoder, text_encoder
 from train.configs import TrainConfig
 
@@ -53,11 +54,16 @@ class Recipe:
   text_encoder: str  # umT5 preset
   autoencoder: autoencoder.AutoencoderConfig
   clips: int  # training examples of the data phase
-  frames: int  # video frames per clip (1 + 4k); the latent clip is the training preset's
   height: int
   width: int
   workdir: str
   stage_overrides: tuple[tuple[str, Any], ...] = ()  # applied to every stage's TrainConfig (tests)
+
+  @property
+  def frames(self) -> int:
+    """Video frames per training clip: the training preset's latent clip of F frames through the autoencoder's k×
+    time compression, 1 + k·(F − 1) (so an autoencoder of another k keeps the DiT's clip, and its cost)."""
+    return 1 + self.autoencoder.model().temporal_factor * (TrainConfig.preset(self.train, 1).frames - 1)
 
   def stage(self, phase: str) -> TrainConfig:
     """The TrainConfig of a stage phase, its inputs the earlier phases' outputs."""
@@ -78,10 +84,10 @@ class Recipe:
 
 
 RECIPES = {
-    # 33-frame clips at 128×128 through the synth VAE (4× space and time): 9 latent frames of 32×32, 3 chunks.
+    # 9 latent frames of 32×32 (3 chunks): 33-frame clips at 128×128 through the synth VAE (4× space and time).
     # On one H200 (2026-12-03): text encoder + autoencoder (49-frame clips) 10 min, data 2.5, stages 1 to 3-pruned 9.
     "synth": Recipe(name="synth", train="synth", text_encoder="synth",
-                    autoencoder=autoencoder.AutoencoderConfig(workdir="runs/synth/vae"), clips=6144, frames=33,
+                    autoencoder=autoencoder.AutoencoderConfig(workdir="runs/synth/vae"), clips=6144,
                     height=128, width=128, workdir="runs/synth"),
     # Toy sizes for the CPU test of the whole recipe (seconds per phase): the tiny VAE (8×), umT5 and DiT.
     "tiny": Recipe(name="tiny", train="tiny", text_encoder="tiny",
@@ -89,7 +95,7 @@ RECIPES = {
                        vae="tiny", compute_dtype="float32", frames=5, height=32, width=32, clips=4, crop=0,
                        batch_size=2, steps=2, warmup=1, checkpoint_every=1, log_every=1, stat_clips=2, val_clips=2,
                        workers=1, workdir="runs/tiny-recipe/vae"),
-                   clips=4, frames=21, height=32, width=32, workdir="runs/tiny-recipe",
+                   clips=4, height=32, width=32, workdir="runs/tiny-recipe",
                    stage_overrides=(("steps", 2), ("batch_size", 2), ("checkpoint_every", 1), ("ema_start", 0),
                                     ("gen_every", 1), ("data_threads", 1))),
 }
@@ -99,6 +105,19 @@ def with_workdir(recipe: Recipe, workdir: str) -> Recipe:
   """The recipe writing under `workdir` (the autoencoder under `<workdir>/vae`)."""
   return dataclasses.replace(recipe, workdir=workdir, autoencoder=dataclasses.replace(
       recipe.autoencoder, workdir=str(Path(workdir) / "vae")))
+
+
+def check_autoencoder(recipe: Recipe) -> None:
+  """Raises `cli.UserError` if the exported autoencoder is not the one `recipe` describes: the clip length of the
+  data and of the package follows its time compression, so every call of a run passes the same --autoencoder."""
+  export = recipe.outputs()["autoencoder"]
+  if not export.exists():
+    return
+  trained = VAEConfig.from_dict(param_io.read_config(export, "vae"))
+  if trained.temporal_factor != recipe.autoencoder.model().temporal_factor:
+    raise cli.UserError(f"{export} compresses time {trained.temporal_factor}×, this run's --autoencoder "
+                        f"{recipe.autoencoder.model().temporal_factor}×: pass the --autoencoder the autoencoder "
+                        f"phase was run with")
 
 
 def run_phase(recipe: Recipe, phase: str, deadline: float | None) -> bool:
@@ -151,6 +170,7 @@ def package(recipe: Recipe, destination: Path, dit_phase: str = "stage3") -> Pat
 def run(recipe: Recipe, until: str = PHASES[-1], max_seconds: float | None = None) -> bool:
   """Runs every phase up to `until` whose output is missing; returns whether all of them are done."""
   deadline = None if max_seconds is None else time.time() + max_seconds
+  check_autoencoder(recipe)
   for phase in PHASES[:PHASES.index(until) + 1]:
     if recipe.outputs()[phase].exists():
       log.info("%s: done (%s)", phase, recipe.outputs()[phase])
@@ -174,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--max-seconds", type=float, help="start no phase after this long, and stop the autoencoder "
                       "at it (checkpointed; the next call resumes)")
   parser.add_argument("--autoencoder", metavar="JSON", help='AutoencoderConfig fields to change for this run, e.g. '
-                      '\'{"temporal_init": "per_frame"}\' (the autoencoder phase only; later calls need not repeat it)')
+                      '\'{"vae_overrides": {"temporal_downsample": [false, true]}}\' (every call of one run passes the same: the '
+                      'data\'s clip length follows the autoencoder\'s time compression)')
   parser.add_argument("--package", type=Path, metavar="DIR", help="write the shipped model directories there")
   parser.add_argument("--dit", choices=[p for p in PHASES if p.startswith("stage")], default="stage3",
                       help="the stage whose EMA --package ships as the DiT (the default model's is a stage 3; the "
@@ -192,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
       command = f"python -m train.recipe {args.recipe}" + (f" --workdir {args.workdir}" if args.workdir else "")
       raise cli.UserError(f"--package needs the finished phases {', '.join(missing)}; run `{command}` first")
+    check_autoencoder(recipe)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save lines
   if args.package:
