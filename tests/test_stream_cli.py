@@ -518,3 +518,32 @@ def test_native_reader_names_a_bad_file(tmp_path):
   (tmp_path / "notes.mp4").write_text("not a video")
   with pytest.raises(video_io.VideoIOError, match=r"cannot read .*notes.mp4: ffmpeg finds no video stream in it"):
     video_io.open_native_reader(str(tmp_path / "notes.mp4"))
+
+
+def test_an_autoencoder_of_2x_time_compression_streams_in_its_chunks(setup, tmp_path):
+  """A VAE compressing time 2× (the tiny one with its last temporal downsampler turned off) streams in chunks
+  of 5 then 6 frames (3 latents each), and the CLI writes what the Python pipeline decodes from those chunks."""
+  vae_config = VAE.replace(temporal_downsample=(False, True, False))
+  param_io.save_params(tmp_path / "vae2", "vae", vae_config.to_dict(),
+                       random_vae_params(vae_config, np.random.default_rng(1)))
+  frames = setup["frames"][:14]  # chunks of 5, 6 and 3 (padded to 6) frames
+  frames.tofile(tmp_path / "input.rgb")
+  stream.main(cli_args(setup, tmp_path / "out.rgb", "--vae", str(tmp_path / "vae2"), input=str(tmp_path / "input.rgb")))
+  dit_config, dit_params = load_dit(setup["dit"], compute_dtype="float32")
+  vae_config, vae_params = load_vae(tmp_path / "vae2", compute_dtype="float32")
+  assert vae_config.temporal_factor == 2
+  state = init_stream(dit_config, dit_params, np.load(setup["context"]), latent_height=H // 8, latent_width=W // 8,
+                      options=StreamConfig(mask_cache=MaskCacheConfig(prune_ratio=0.7, cache_on="self_attn")),
+                      rng=jax.random.key(3))
+  vae_state = autoencoders.init_state(vae_config, vae_config, 1, H, W)
+  expected = []
+  for i, chunk in enumerate((slice(0, 5), slice(5, 11), slice(11, 14))):
+    part = frames[chunk]
+    part = np.concatenate([part, np.repeat(part[-1:], 6 - len(part), 0)]) if i == 2 else part
+    vae_state, latents = stream.encode_chunk(vae_config, vae_params, vae_state,
+                                             part[None].astype(np.float32) / 127.5 - 1, first=i == 0)
+    assert latents.shape[1] == 3
+    edited, state = stream_step(dit_config, dit_params, state, latents)
+    vae_state, decoded = stream.decode_chunk(vae_config, vae_params, vae_state, edited, first=i == 0)
+    expected.append(np.clip(np.rint((np.asarray(decoded[0, :chunk.stop - chunk.start]) + 1) * 127.5), 0, 255))
+  np.testing.assert_array_equal(read_raw(tmp_path / "out.rgb"), np.concatenate(expected).astype(np.uint8))
