@@ -540,16 +540,22 @@ def vae_decode_step(config: VAEConfig, params: Params, state: VAEStreamState, la
   return state.replace(decoder=cache), frames
 
 
-def vae_encode(config: VAEConfig, params: Params, video: jax.Array) -> jax.Array:
+def vae_encode(config: VAEConfig, params: Params, video: jax.Array, *, chunked: bool = True) -> jax.Array:
   """Wan's whole-clip encode: video [B, T = 1 + 4k, H, W, 3] in [−1, 1] → normalised latents [B, 1 + k, H/8,
   W/8, z] float32, the mean of the posterior (z = (μ − mean) / std).
 
-  Frame 0 is encoded alone, then a `lax.scan` of the stream step runs over groups of 4 frames, Wan's schedule.
+  chunked (static): frame 0 is encoded alone, then a `lax.scan` of the stream step runs over groups of 4 frames,
+  Wan's schedule, which bounds the activations' memory by one group. False: the whole clip as one first chunk,
+  the same function of the frames (every layer is causal in time) in a few large convolutions instead of a long
+  sequential scan of small ones: training's choice (on one GPU 49-frame clips of a 1×-time VAE ran a scan step
+  after step, at about 1 s per training step).
   """
   cfg = config
   _check_frames(cfg, video, first=True, what="video")
   b, t, h, w, c = video.shape
   k = cfg.temporal_factor
+  if not chunked:
+    return _encode_chunk(cfg, params, None, video, True)[1]
   cache, latents = _encode_chunk(cfg, params, None, video[:, :1], True)
   if t == 1:
     return latents
@@ -559,12 +565,15 @@ def vae_encode(config: VAEConfig, params: Params, video: jax.Array) -> jax.Array
   return jnp.concatenate([latents, rest.reshape(b, -1, *rest.shape[3:])], axis=1)
 
 
-def vae_decode(config: VAEConfig, params: Params, latents: jax.Array) -> jax.Array:
+def vae_decode(config: VAEConfig, params: Params, latents: jax.Array, *, chunked: bool = True) -> jax.Array:
   """Wan's whole-clip decode: normalised latents [B, F, h, w, z] → video [B, 1 + 4(F − 1), 8h, 8w, 3] float32,
-  clamped to [−1, 1]. Latent 0 decodes to one frame, then a `lax.scan` of the stream step runs latent by latent.
+  clamped to [−1, 1]. chunked (static): latent 0 decodes to one frame, then a `lax.scan` of the stream step runs
+  latent by latent; False: all latents as one first chunk (the same function, as in `vae_encode`).
   """
   cfg = config
   _check_latents(cfg, latents)
+  if not chunked:
+    return _decode_chunk(cfg, params, None, latents, True)[1]
   b = latents.shape[0]
   cache, video = _decode_chunk(cfg, params, None, latents[:, :1], True)
   if latents.shape[1] == 1:

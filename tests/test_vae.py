@@ -169,6 +169,11 @@ def test_streaming_equals_whole_clip():
   assert [f.shape[1] for f in out_frames] == [9, 12, 12]
   assert rel_err(jnp.concatenate(out_latents, 1), whole_latents) <= FP32_RTOL, f"seed {seed}"
   assert rel_err(jnp.concatenate(out_frames, 1), whole_video) <= FP32_RTOL, f"seed {seed}"
+  # The one-pass whole clip (training's) is the same function as the scan of groups.
+  one_pass_latents = jax.jit(functools.partial(vae.vae_encode, cfg, chunked=False))(params, video)
+  one_pass_video = jax.jit(functools.partial(vae.vae_decode, cfg, chunked=False))(params, latents)
+  assert rel_err(one_pass_latents, whole_latents) <= FP32_RTOL, f"seed {seed}"
+  assert rel_err(one_pass_video, whole_video) <= FP32_RTOL, f"seed {seed}"
   # A first chunk restarts the stream whatever the state holds.
   _, restart = encode_step(params, state, video[:, :9], first=True)
   assert rel_err(restart, out_latents[0]) <= FP32_RTOL, f"seed {seed}"

@@ -209,10 +209,10 @@ def reconstruction_errors(reconstruction: jax.Array, video: jax.Array) -> dict[s
 
 def loss_fn(config: AutoencoderConfig, vae: VAEConfig, params: Any, video: jax.Array, key: jax.Array):
   """(loss, metrics) of one batch: video [B, T, H, W, 3] in [−1, 1]."""
-  mu = vae_encode(vae, params, video)
+  mu = vae_encode(vae, params, video, chunked=False)
   rms = jax.lax.stop_gradient(jnp.sqrt(jnp.mean(jnp.square(mu)) + 1e-6))
   noisy = mu + config.latent_noise * rms * jax.random.normal(key, mu.shape)
-  reconstruction = vae_decode(vae, params, noisy)
+  reconstruction = vae_decode(vae, params, noisy, chunked=False)
   if config.loss_frames:
     reconstruction, video = reconstruction[:, :config.loss_frames], video[:, :config.loss_frames]
   errors = reconstruction_errors(reconstruction, video)
@@ -242,12 +242,12 @@ def _train_step(config: AutoencoderConfig, vae: VAEConfig, optimizer, state: dic
 
 @functools.partial(jax.jit, static_argnums=0)
 def _encode_mean(vae: VAEConfig, params: Any, video: jax.Array) -> jax.Array:
-  return vae_encode(vae, params, video)
+  return vae_encode(vae, params, video, chunked=False)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _reconstruct(vae: VAEConfig, params: Any, video: jax.Array) -> jax.Array:
-  return vae_decode(vae, params, vae_encode(vae, params, video))
+  return vae_decode(vae, params, vae_encode(vae, params, video, chunked=False), chunked=False)
 
 
 def latent_statistics(vae: VAEConfig, params: Any, clips: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
