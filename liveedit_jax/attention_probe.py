@@ -22,7 +22,7 @@ probed take the cond's empty branch inside the layer scan. The probabilities are
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -31,6 +31,7 @@ import numpy as np
 
 from liveedit_jax.attention import AttentionMask
 from liveedit_jax.kv_cache import KVCache
+from liveedit_jax.plans import Plan, WrappedAttention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,37 +160,43 @@ def key_frame_mass(q: jax.Array, k: jax.Array, visible: jax.Array | np.ndarray, 
   return out[..., 0], (out[..., 1:] if radii else None)
 
 
-def instrument(attend: Callable, layer_state: Any, probe: ProbeConfig, num_layers: int,
-               visible: jax.Array | np.ndarray, grid: tuple[int, int],
-               keys: Callable[[jax.Array, Any], jax.Array] = lambda k, _: k) -> tuple[Callable, Any]:
-  """Wraps a `dit.run_blocks` attend (a `dit.AttendFn`) so that the probed layers also return their frame means.
+@flax.struct.dataclass
+class ProbedAttention(WrappedAttention):
+  """An attention plan whose probed layers also keep their attention mass per key frame (the output unchanged).
 
-  keys: (k, the layer's state) → every key the attend attends to (the stream's: the chunk's, then the cache's).
-  Returns (attend', layer_state'): layer_state' pairs the caller's state with the layer index [L] (the scan hands
-  each layer its own), attend' returns (o, (attend's layer output, (mass, local))) with o exactly attend's.
-  Pass `collect` what `run_blocks` stacks.
+  The probe reads q and `attention.keys(k)`. Keeps (the inner plan's kept, (mass [B, N, Fq, Fk], local
+  [B, N, Fq, Fk, R] or None)); pass `collect` what the forward stacks.
   """
-  layers = jnp.asarray(probe.layers, jnp.int32)
 
-  def frame_means(q, k):
-    mass, local = key_frame_mass(q, k, visible, grid, probe.radii)
+  layer: jax.Array  # [L] int32: each layer's index, to pick the probed ones inside the layer scan
+  visible: jax.Array | np.ndarray  # [Fq, Fk] bool: which key frames each query frame sees
+  probe: ProbeConfig = flax.struct.field(pytree_node=False)
+  grid: tuple[int, int] = flax.struct.field(pytree_node=False)  # (h, w) tokens of a frame
+  layer_fields = ("attention", "layer")
+
+  def _frame_means(self, q, k):
+    mass, local = key_frame_mass(q, k, self.visible, self.grid, self.probe.radii)
     return mass.mean(axis=3), (None if local is None else local.mean(axis=3))
 
-  def probed(q, k, v, state):
-    inner, layer = state
-    o, out = attend(q, k, v, inner)
+  def attend(self, q, k, v, impl):
+    o, kept = self.attention.attend(q, k, v, impl)
     b, _, n, _ = q.shape
-    shape = (b, n, *np.shape(visible))  # [B, N, Fq, Fk]
-    empty = (jnp.zeros(shape), jnp.zeros((*shape, len(probe.radii))) if probe.radii else None)
-    stats = jax.lax.cond(jnp.any(layer == layers), frame_means, lambda *_: empty, q, keys(k, inner))
-    return o, (out, stats)
+    shape = (b, n, *np.shape(self.visible))  # [B, N, Fq, Fk]
+    empty = (jnp.zeros(shape), jnp.zeros((*shape, len(self.probe.radii))) if self.probe.radii else None)
+    probed_layer = jnp.any(self.layer == jnp.asarray(self.probe.layers, jnp.int32))
+    stats = jax.lax.cond(probed_layer, self._frame_means, lambda *_: empty, q, self.attention.keys(k))
+    return o, (kept, stats)
 
-  return probed, (layer_state, jnp.arange(num_layers, dtype=jnp.int32))
+
+def probed(plan: Plan, probe: ProbeConfig, num_layers: int, visible: jax.Array | np.ndarray,
+           grid: tuple[int, int]) -> ProbedAttention:
+  """`plan` under the probe of `probe.layers`; visible [Fq, Fk] bool, grid (h, w)."""
+  return ProbedAttention(plan, jnp.arange(num_layers, dtype=jnp.int32), visible, probe, grid)
 
 
 def collect(probe: ProbeConfig, layer_outputs: Any, query_frame: jax.Array,
             key_frame: jax.Array) -> tuple[Any, ProbeStats]:
-  """`run_blocks`' stacked outputs of an `instrument`ed attend → (the attend's own outputs, ProbeStats)."""
+  """What a forward stacked of a `ProbedAttention` plan → (the inner plan's kept, ProbeStats)."""
   inner, (mass, local) = layer_outputs
   index = np.asarray(probe.layers)
   return inner, ProbeStats(mass[index], None if local is None else local[index],

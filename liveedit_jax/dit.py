@@ -8,6 +8,9 @@ Parameters are a dict (names follow Wan's original checkpoint):
   patch_embedding {kernel [1, 2, 2, C_in, D], bias}, text_embedding {fc1, fc2}, time_embedding {fc1, fc2,
   projection}, blocks {...}, each leaf with a leading [L] axis, and head {modulation [2, D], proj}.
 
+`Block.__call__` is the only block and `dit_forward` the only forward; how the blocks attend and which tokens
+they compute is the plan passed in (`plans.py`; docs/architecture.md draws the whole).
+
 Precision follows Wan2.1's `wan/modules/model.py`: the sinusoid, time MLP, modulation,
 norms, residual stream and head run in float32; other matmuls run in `config.compute_dtype` with float32
 accumulation.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,18 +29,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from liveedit_jax.attention import FULL, AttentionMask, attention
-from liveedit_jax.attention_probe import ProbeConfig, ProbeStats, collect, frame_visibility, instrument
+from liveedit_jax.attention_probe import ProbeConfig, collect, frame_visibility, probed
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.fused import modulated_layer_norm, modulated_layer_norm_reference, rms_norm_rope
 from liveedit_jax.layers import Dense, LayerNorm, RMSNorm, gelu_tanh
 from liveedit_jax.param_io import load_params, read_config
+from liveedit_jax.plans import MaskedAttention, Plan
 from liveedit_jax.rope import rope_cos_sin
 
 Params = dict[str, Any]
-# attend(q [B, T, N, E], k [B, S, N, E], v [B, S, N, E], layer_state) -> (o [B, T, N, E], layer_output):
-# the self-attention core of one block. layer_state is that layer's slice of whatever per-layer state the caller
-# scans over (a KV cache, say); layer_output is stacked over layers and returned by `run_blocks`.
-AttendFn = Callable[[jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 
 _embed_init = nn.initializers.normal(stddev=0.02)
 
@@ -174,7 +174,9 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-  """One Wan attention block. The residual stream x is [B, F, P, D] float32; e0 is [B, F, 6, D].
+  """One Wan attention block, the only one: every forward runs it, told by a plan (`plans.py`) how its
+  self-attention attends and which tokens its sublayers compute. The residual stream x is [B, F, P, D] float32;
+  e0 is [B, F, 6, D].
 
   Modulation rows: 0 shift_msa, 1 scale_msa, 2 gate_msa, 3 shift_ffn, 4 scale_ffn, 5 gate_ffn.
   """
@@ -206,12 +208,12 @@ class Block(nn.Module):
     attn = self.self_attn
     return attn.project_q_roped(u, cos, sin), attn.project_k_roped(u, cos, sin), attn.project_v(u)
 
-  def cross_attention(self, x: jax.Array, text_k: jax.Array, text_v: jax.Array, impl: str) -> jax.Array:
+  def cross_attention(self, x: jax.Array, text_k: jax.Array, text_v: jax.Array) -> jax.Array:
     """x [B, F, P, D] attends to the text K/V [B, L, N, E]; returns the residual update, float32."""
     b, f, p, d = x.shape
     u = self.norm3(x).reshape(b, f * p, d)
     q = self.cross_attn.project_q(u).astype(self.config.dtype)
-    return self.cross_attn.project_out(attention(q, text_k, text_v, impl=impl)).reshape(b, f, p, d)
+    return self.cross_attn.project_out(attention(q, text_k, text_v, impl=self.config.attention)).reshape(b, f, p, d)
 
   def text_kv(self, context: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Embedded text [B, L, D] → this block's cross-attention (k, v), each [B, L, N, E] compute dtype."""
@@ -223,24 +225,23 @@ class Block(nn.Module):
     cfg = self.config
     return modulated_layer_norm(x, m[3], m[4], eps=cfg.eps, out_dtype=cfg.dtype, impl=cfg.attention)
 
-  def feed_forward(self, x: jax.Array, m: list[jax.Array]) -> jax.Array:
-    """Gated FFN residual update for x [B, F, P, D], float32."""
-    return self.ffn(self.feed_forward_input(x, m)) * m[5]
+  def __call__(self, x, e0, text_k, text_v, cos, sin, plan: Plan):
+    """x [B, F, P, D] float32, cos/sin [F·P, E/2], text K/V [B, L, N, E] → (x, what the plan keeps of this layer).
 
-  def __call__(self, x, e0, text_k, text_v, cos, sin, attend: AttendFn, layer_state: Any, impl: str):
-    """x [B, F, P, D] float32 → (x, attend's layer_output)."""
+    The plan computes both gated sublayers' updates, [B, F·P, D] or [B, F, P, D] (the Mask Cache's in the compute
+    dtype, hence the casts); cross-attention always runs for every token.
+    """
     m = self.modulations(e0)
-    q, k, v = self.self_attention_qkv(self.self_attention_input(x, m), cos, sin)
-    o, layer_output = attend(q, k, v, layer_state)
-    x = x + self.self_attn.project_out(o).reshape(x.shape) * m[2]
-    x = x + self.cross_attention(x, text_k, text_v, impl)
-    return x + self.feed_forward(x, m), layer_output
+    y, attention_kept = plan.self_attention(self, self.self_attention_input(x, m), cos, sin)
+    x = x + y.reshape(x.shape).astype(jnp.float32) * m[2]
+    x = x + self.cross_attention(x, text_k, text_v)
+    f, feed_forward_kept = plan.feed_forward(self, self.feed_forward_input(x, m))
+    return x + f.reshape(x.shape).astype(jnp.float32) * m[5], plan.keep(attention_kept, feed_forward_kept)
 
   def init_all(self, x, e0, context, cos, sin):
     """Touches every parameter (for `init`)."""
     text_k, text_v = self.text_kv(context)
-    return self(x, e0, text_k, text_v, cos, sin, lambda q, k, v, _: (attention(q, k, v, impl="xla"), None),
-                None, "xla")
+    return self(x, e0, text_k, text_v, cos, sin, MaskedAttention())
 
 
 class Head(nn.Module):
@@ -300,7 +301,7 @@ def _as_frame_timesteps(t: jax.Array, batch: int, frames: int, what: str = "t") 
   raise ValueError(f"{what} must be [B]={batch} or [B, F]=[{batch}, {frames}], got shape {t.shape}")
 
 
-def _check_inputs(cfg: DiTConfig, x: jax.Array, context: jax.Array, name: str = "x") -> None:
+def _check_inputs(cfg: DiTConfig, x: jax.Array, context: jax.Array | None, name: str = "x") -> None:
   pt, ph, pw = cfg.patch_size
   if x.ndim != 5:
     raise ValueError(f"{name} must be latents [B, F, H, W, C], got shape {x.shape}")
@@ -310,6 +311,8 @@ def _check_inputs(cfg: DiTConfig, x: jax.Array, context: jax.Array, name: str = 
                      + (" (noisy latent ‖ source latent)" if cfg.is_editing else ""))
   if f % pt or h % ph or w % pw:
     raise ValueError(f"{name} [F, H, W]=({f}, {h}, {w}) must be divisible by the patch {cfg.patch_size}")
+  if context is None:  # the text came as every layer's K/V (`dit_forward`'s text_kv)
+    return
   if context.ndim != 3 or context.shape[0] != b or context.shape[2] != cfg.text_dim:
     raise ValueError(f"context must be [B={b}, L, {cfg.text_dim}], got shape {context.shape}")
   if context.shape[1] > cfg.text_len:
@@ -351,31 +354,61 @@ def output_head(config: DiTConfig, params: Params, tokens: jax.Array, e: jax.Arr
 
 
 def run_blocks(config: DiTConfig, block_params: Params, x: jax.Array, e0: jax.Array, text_kv, cos, sin,
-               attend: AttendFn, impl: str, layer_state: Any = None,
-               block_fn: Callable[..., tuple[jax.Array, Any]] = Block.__call__) -> tuple[jax.Array, Any]:
+               plan: Plan) -> tuple[jax.Array, Any]:
   """All blocks over the residual stream x [B, F, P, D] (a `lax.scan` over the stacked layer axis).
 
-  layer_state: a pytree with a leading [L] axis, sliced per layer and handed to `block_fn` (and so to `attend`).
-  block_fn: how one block runs, `fn(block, x, e0, text_k, text_v, cos, sin, attend, layer_state, impl)` with the
-    block bound to its parameters (default `Block.__call__`; the mask cache routes tokens differently).
-  Returns (x, the block's layer outputs stacked over layers).
+  Each layer runs `Block.__call__` with its own slice of the plan (`Plan.layer_slices`).
+  Returns (x, what the plan kept of every layer, stacked over layers).
   """
   block = Block(config)
 
   def body(x, layer):
-    p, text_k, text_v, state = layer
-    return block.apply({"params": p}, x, e0, text_k, text_v, cos, sin, attend, state, impl, method=block_fn)
+    p, text_k, text_v, slices = layer
+    return block.apply({"params": p}, x, e0, text_k, text_v, cos, sin, plan.at_layer(slices))
 
   if config.remat:
     body = jax.checkpoint(body, prevent_cse=False)
-  return jax.lax.scan(body, x, (block_params, *text_kv, layer_state))
+  return jax.lax.scan(body, x, (block_params, *text_kv, plan.layer_slices()))
 
 
-def dit_forward(config: DiTConfig, params: Params, x: jax.Array, t: jax.Array, context: jax.Array, *,
+def _check_forward(cfg: DiTConfig, x, context, text_kv, chunk_frames, clean_x, probe, plan) -> None:
+  if (context is None) == (text_kv is None):
+    raise ValueError("dit_forward takes the text as either context (embeddings) or text_kv (every layer's K/V)")
+  if plan is not None and (chunk_frames is not None or clean_x is not None or probe is not None):
+    raise ValueError("a plan decides how the forward attends: chunk_frames, clean_x and probe go without one "
+                     "(attention_probe.probed wraps a plan in the probe)")
+  _check_inputs(cfg, x, context)
+  nf = x.shape[1] // cfg.patch_size[0]
+  if clean_x is not None:
+    if chunk_frames is None:
+      raise ValueError("clean_x (teacher forcing) needs chunk_frames")
+    if clean_x.shape != x.shape:
+      raise ValueError(f"clean_x must have x's shape {x.shape}, got {clean_x.shape}")
+    _check_inputs(cfg, clean_x, context, "clean_x")
+  if chunk_frames is not None and (chunk_frames <= 0 or nf % chunk_frames):
+    raise ValueError(f"{nf} latent frames are not a whole number of chunks of {chunk_frames}")
+  if probe is not None:
+    probe.check(cfg.num_layers, cfg.name)
+
+
+def _sequence_plan(cfg: DiTConfig, chunk_frames: int | None, teacher_forcing: bool, probe: ProbeConfig | None,
+                   grid: tuple[int, int], frames: int) -> Plan:
+  """The plan of a whole-sequence forward: its mask (`dit_forward`'s chunk_frames and clean_x), maybe probed."""
+  frame_tokens = grid[0] * grid[1]
+  mask = FULL
+  if chunk_frames is not None:
+    mask = AttentionMask("teacher_forcing" if teacher_forcing else "chunk_causal", chunk_frames * frame_tokens)
+  if probe is None:
+    return MaskedAttention(mask)
+  return probed(MaskedAttention(mask), probe, cfg.num_layers, frame_visibility(mask, frame_tokens, frames), grid)
+
+
+def dit_forward(config: DiTConfig, params: Params, x: jax.Array, t: jax.Array, context: jax.Array | None = None, *,
                 chunk_frames: int | None = None, clean_x: jax.Array | None = None,
                 clean_t: jax.Array | None = None, frame_offset: int | jax.Array = 0,
-                probe: ProbeConfig | None = None) -> jax.Array | tuple[jax.Array, ProbeStats]:
-  """The DiT's flow prediction.
+                probe: ProbeConfig | None = None, plan: Plan | None = None,
+                text_kv: tuple[jax.Array, jax.Array] | None = None) -> jax.Array | tuple[jax.Array, Any]:
+  """The DiT's flow prediction: the one forward of every caller (training, streaming, the DMD rollout).
 
   Args:
     x: [B, F, H, W, C_in] latents, channels last (editing: noisy ‖ source on the channel axis).
@@ -386,59 +419,44 @@ def dit_forward(config: DiTConfig, params: Params, x: jax.Array, t: jax.Array, c
     clean_x: with chunk_frames, teacher forcing: the clean sequence [B, F, H, W, C_in] placed before x; noisy
       chunk c sees clean chunks < c and itself. Both halves use frame positions offset … offset+F−1.
     clean_t: timesteps of the clean half, [B] or [B, F] (default 0).
-    frame_offset: absolute frame position of x's first frame (RoPE).
+    frame_offset: absolute frame position of x's first frame (RoPE); int32 [] may be traced.
     probe: if set, the attention probe of these layers (`attention_probe.py`); off (None), nothing of it is traced.
+    plan: how the blocks attend and which tokens they compute (`plans.py`), instead of chunk_frames / clean_x /
+      probe, which pick a `MaskedAttention` plan.
+    text_kv: every layer's cross-attention K/V, each [L, B, text_len, N, E] (`text_kv_per_layer`), instead of
+      context (a stream computes them once per prompt).
 
   Returns:
     [B, F, H, W, latent_channels] float32 flow prediction v̂ ≈ ε − x0; with a probe, (that, ProbeStats) with
     query and key frames the sequence's (F, or 2F under teacher forcing: clean first), the output bit for bit the
-    same.
+    same; with a plan, (that, what the plan kept of every layer, stacked over layers).
   """
   cfg = config
-  _check_inputs(cfg, x, context)
+  _check_forward(cfg, x, context, text_kv, chunk_frames, clean_x, probe, plan)
   b, f, hh, ww, _ = x.shape
   pt, ph, pw = cfg.patch_size
   nf, h, w = f // pt, hh // ph, ww // pw
-  if clean_x is not None:
-    if chunk_frames is None:
-      raise ValueError("clean_x (teacher forcing) needs chunk_frames")
-    if clean_x.shape != x.shape:
-      raise ValueError(f"clean_x must have x's shape {x.shape}, got {clean_x.shape}")
-  if chunk_frames is not None and (chunk_frames <= 0 or nf % chunk_frames):
-    raise ValueError(f"{nf} latent frames are not a whole number of chunks of {chunk_frames}")
-  if probe is not None:
-    probe.check(cfg.num_layers, cfg.name)
-
-  impl = cfg.attention
   tokens, e, e0 = embed_latents(cfg, params, x, _as_frame_timesteps(t, b, nf))
   positions = frame_offset + jnp.arange(nf, dtype=jnp.int32)
   cos, sin = frame_rope(cfg, positions, h, w)
-
-  if chunk_frames is None:
-    mask = FULL
-  elif clean_x is None:
-    mask = AttentionMask("chunk_causal", chunk_frames * h * w)
-  else:
-    mask = AttentionMask("teacher_forcing", chunk_frames * h * w)
-    _check_inputs(cfg, clean_x, context, "clean_x")
+  if clean_x is not None:  # teacher forcing: the sequence is [clean ‖ noisy], both halves at the same positions
     clean_t = _as_frame_timesteps(jnp.zeros((b,)) if clean_t is None else clean_t, b, nf, "clean_t")
     clean_tokens, _, clean_e0 = embed_latents(cfg, params, clean_x, clean_t)
-    tokens = jnp.concatenate([clean_tokens, tokens], axis=1)
-    e0 = jnp.concatenate([clean_e0, e0], axis=1)
+    tokens, e0 = jnp.concatenate([clean_tokens, tokens], axis=1), jnp.concatenate([clean_e0, e0], axis=1)
     cos, sin = jnp.concatenate([cos, cos]), jnp.concatenate([sin, sin])
-
-  attend = lambda q, k, v, _: (attention(q, k, v, mask=mask, impl=impl), None)  # noqa: E731
-  text_kv = text_kv_per_layer(cfg, params, context)
-  layer_state = None
-  if probe is not None:
-    frames = positions if clean_x is None else jnp.concatenate([positions, positions])
-    attend, layer_state = instrument(attend, None, probe, cfg.num_layers,
-                                     frame_visibility(mask, h * w, frames.shape[0]), (h, w))
-  tokens, layer_outputs = run_blocks(cfg, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl, layer_state)
+  if text_kv is None:
+    text_kv = text_kv_per_layer(cfg, params, context)
+  given = plan is not None
+  if not given:
+    plan = _sequence_plan(cfg, chunk_frames, clean_x is not None, probe, (h, w), tokens.shape[1])
+  tokens, kept = run_blocks(cfg, params["blocks"], tokens, e0, text_kv, cos, sin, plan)
   out = output_head(cfg, params, tokens[:, -nf:], e, h, w)  # teacher forcing: the noisy half only
+  if given:
+    return out, kept
   if probe is None:
     return out
-  return out, collect(probe, layer_outputs, frames, frames)[1]
+  frames = positions if clean_x is None else jnp.concatenate([positions, positions])
+  return out, collect(probe, kept, frames, frames)[1]
 
 
 def load_dit(path: str, compute_dtype: str | None = None) -> tuple[DiTConfig, Params]:

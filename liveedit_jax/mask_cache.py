@@ -10,6 +10,8 @@ Placement (`cache_on`):
                projection, before the gate) from the token cache. Cross-attention and FFN run for all tokens.
   "ffn"        the same for the FFN output (the paper's failing ablation); self-attention runs for all tokens.
   "none"       no mask cache.
+Each placement is a plan (`plans.py`) over the stream's `CachedAttention`: `RoutedSelfAttention`, `RoutedFeedForward`
+(`routed` picks it); the one block runs them.
 The token cache is kept per layer and per denoising step (the cache-refresh forward counts as one more step), as
 [L, steps, B, c·P, D] in the compute dtype: 30 × 5 × 4,680 × 1,536 × 2 bytes = 2.16 GB per stream at the real
 config (480×832, 3-frame chunks, bf16).
@@ -27,13 +29,13 @@ The first chunk of a stream always runs in full (every token active), which also
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Literal
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from liveedit_jax.dit import Block
+from liveedit_jax.plans import Plan, WrappedAttention
 from liveedit_jax.rope import apply_rope
 
 CacheOn = Literal["self_attn", "ffn", "none"]
@@ -143,41 +145,63 @@ def _put(x: jax.Array, idx: jax.Array, values: jax.Array) -> jax.Array:
   return x.at[jnp.arange(x.shape[0])[:, None], idx].set(values.astype(x.dtype))
 
 
-def routed_block(block: Block, x, e0, text_k, text_v, cos, sin, attend, layer_state, impl, *,
-                 options: MaskCacheConfig, tokens: jax.Array) -> tuple[jax.Array, Any]:
-  """One block with the mask cache (use via `run_blocks(..., block_fn=partial(routed_block, ...))`).
+@flax.struct.dataclass
+class RoutedSelfAttention(WrappedAttention):
+  """cache_on="self_attn": the active tokens' queries attend (by `attention`, the stream's `CachedAttention`, to
+  every token's keys); the static tokens take this step's cached self-attention output. Keeps (attention's kept,
+  the updated (out, k, v) entries)."""
 
-  x: [B, c, P, D]; tokens: [B, c·A] flat indices of the active tokens; cos, sin: [c·P, E/2] RoPE of the chunk.
-  layer_state: (the layer's KV-cache slice for `attend`, (out, k, v) token-cache entries of this layer and step).
-  Returns (x, (attend's output, the updated (out, k, v) entries)).
-  """
-  kv_state, (cached_out, cached_k, cached_v) = layer_state
-  b, c, p, d = x.shape
-  dt = block.config.dtype
-  m = block.modulations(e0)
+  tokens: jax.Array  # [B, c·A] int32 flat indices of the active tokens, the same in every layer
+  out: jax.Array  # [L, B, c·P, D] this step's cached outputs (after the output projection, before the gate)
+  k: jax.Array | None  # [L, B, c·P, N, E] this step's un-roped keys ("reuse" only)
+  v: jax.Array | None  # [L, B, c·P, N, E] ("reuse" only)
+  static_kv: StaticKV = flax.struct.field(pytree_node=False)
+  layer_fields = ("attention", "out", "k", "v")
+
+  def self_attention(self, block, u, cos, sin):
+    b, f, p, d = u.shape
+    u = u.reshape(b, f * p, d)
+    u_active = _take(u, self.tokens)
+    attn = block.self_attn
+    q = attn.project_q_roped(u_active, cos[self.tokens], sin[self.tokens])
+    if self.static_kv == "recompute":
+      k_raw, v = attn.project_kv(u)
+    else:
+      k_active, v_active = attn.project_kv(u_active)
+      k_raw, v = _put(self.k, self.tokens, k_active), _put(self.v, self.tokens, v_active)
+    dt = block.config.dtype
+    o, kept = self.attend(q, apply_rope(k_raw, cos, sin).astype(dt), v.astype(dt), block.config.attention)
+    y = _put(self.out, self.tokens, attn.project_out(o))
+    if self.static_kv == "recompute":
+      return y, (kept, (y, self.k, self.v))
+    return y, (kept, (y, k_raw.astype(self.k.dtype), v.astype(self.v.dtype)))
+
+
+@flax.struct.dataclass
+class RoutedFeedForward(WrappedAttention):
+  """cache_on="ffn": every token runs self-attention (by `attention`, the stream's `CachedAttention`); only the
+  active tokens run the FFN, the static ones take this step's cached FFN output. Keeps (attention's kept, the
+  updated (out, None, None) entries)."""
+
+  tokens: jax.Array  # [B, c·A] int32 flat indices of the active tokens, the same in every layer
+  out: jax.Array  # [L, B, c·P, D] this step's cached FFN outputs (before the gate)
+  layer_fields = ("attention", "out")
+
+  def feed_forward(self, block, u):
+    b, f, p, d = u.shape
+    out = _put(self.out, self.tokens, block.ffn(_take(u.reshape(b, f * p, d), self.tokens)))
+    return out, (out, None, None)
+
+  def keep(self, attention_kept, feed_forward_kept):
+    return attention_kept, feed_forward_kept
+
+
+def routed(options: MaskCacheConfig, attention: Plan, tokens: jax.Array, entries) -> Plan:
+  """The Mask Cache's plan for its placement: `attention` for the active tokens [B, c·A], entries (out, k, v)
+  of this step (`TokenCache.step`). The forward keeps (attention's kept, the updated entries)."""
+  out, k, v = entries
+  if options.cache_on == "self_attn":
+    return RoutedSelfAttention(attention, tokens, out, k, v, options.static_kv)
   if options.cache_on == "ffn":
-    q, k, v = block.self_attention_qkv(block.self_attention_input(x, m), cos, sin)
-    o, attend_out = attend(q, k, v, kv_state)
-    x = x + block.self_attn.project_out(o).reshape(x.shape) * m[2]
-    x = x + block.cross_attention(x, text_k, text_v, impl)
-    u = block.feed_forward_input(x, m).reshape(b, c * p, d)
-    f = _put(cached_out, tokens, block.ffn(_take(u, tokens)))
-    return x + f.reshape(x.shape).astype(jnp.float32) * m[5], (attend_out, (f, cached_k, cached_v))
-
-  u = block.self_attention_input(x, m).reshape(b, c * p, d)
-  u_active = _take(u, tokens)
-  cos_a, sin_a = cos[tokens], sin[tokens]
-  q = block.self_attn.project_q_roped(u_active, cos_a, sin_a)
-  if options.static_kv == "recompute":
-    k_raw, v = block.self_attn.project_kv(u)
-  else:
-    k_active, v_active = block.self_attn.project_kv(u_active)
-    k_raw, v = _put(cached_k, tokens, k_active), _put(cached_v, tokens, v_active)
-  o, attend_out = attend(q, apply_rope(k_raw, cos, sin).astype(dt), v.astype(dt), kv_state)
-  y = _put(cached_out, tokens, block.self_attn.project_out(o))
-  x = x + y.reshape(x.shape).astype(jnp.float32) * m[2]
-  x = x + block.cross_attention(x, text_k, text_v, impl)
-  x = x + block.feed_forward(x, m)
-  if options.static_kv == "recompute":
-    return x, (attend_out, (y, cached_k, cached_v))
-  return x, (attend_out, (y, k_raw.astype(cached_k.dtype), v.astype(cached_v.dtype)))
+    return RoutedFeedForward(attention, tokens, out)
+  raise ValueError(f"the mask cache is off (cache_on={options.cache_on!r}): no routed plan")

@@ -1,4 +1,5 @@
 """The jitted streaming step: edit one chunk of latent frames against explicit, fixed-shape caches.
+(Not the command line: that is `stream.py`, `python -m liveedit_jax.stream`, which runs this step.)
 
     state = init_stream(config, params, context, latent_height=60, latent_width=104)
     for source_chunk in chunks:                       # [B, 3, 60, 104, 16] source-video latents
@@ -22,20 +23,19 @@ With `cache_frames` ≥ the stream's length nothing is evicted and streaming is 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Literal
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from liveedit_jax.attention import attention
-from liveedit_jax.attention_probe import ProbeConfig, ProbeStats, cache_key_frames, collect, instrument
+from liveedit_jax.attention_probe import ProbeConfig, ProbeStats, cache_key_frames, collect, probed
 from liveedit_jax.config import DiTConfig
-from liveedit_jax.dit import Params, embed_latents, frame_rope, output_head, run_blocks, text_kv_per_layer
+from liveedit_jax.dit import Params, dit_forward, text_kv_per_layer
 from liveedit_jax.kv_cache import KVCache
-from liveedit_jax.mask_cache import (MaskCacheConfig, MaskStats, TokenCache, chunk_token_indices, mask_iou,
-                                     routed_block, select_active, token_distance)
+from liveedit_jax.mask_cache import (MaskCacheConfig, MaskStats, TokenCache, chunk_token_indices, mask_iou, routed,
+                                     select_active, token_distance)
+from liveedit_jax.plans import CachedAttention
 from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, warped_timesteps, x0_from_flow
 
 Refresh = Literal["clean", "none"]
@@ -114,7 +114,8 @@ def init_stream(config: DiTConfig, params: Params, context: jax.Array, *, latent
 def chunk_forward(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Array], kv: KVCache,
                   frame_index: jax.Array, x: jax.Array, t: jax.Array,
                   routing: tuple[jax.Array, Any, MaskCacheConfig] | None = None, probe: ProbeConfig | None = None):
-  """One DiT forward of a chunk against a KV cache (which it does not modify).
+  """`dit_forward` of a chunk under the stream's plan: against a KV cache (which it does not modify), routed by
+  the mask cache or probed.
 
   text_kv: each [L, B, text_len, N, E]; kv: the cache of earlier chunks; frame_index: int32 [], the chunk's first
   RoPE frame position; x: [B, c, H, W, C_in] (noisy ‖ source for editing); t: [B] timesteps.
@@ -129,40 +130,22 @@ def chunk_forward(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, j
     if routing is not None:
       raise ValueError("the attention probe runs the full chunk forward: it does not take the mask cache's routing")
     probe.check(config.num_layers, config.name)
-  b, c, hh, ww, _ = x.shape
+  c = x.shape[1]
   _, ph, pw = config.patch_size
-  h, w = hh // ph, ww // pw
-  tokens, e, e0 = embed_latents(config, params, x, jnp.broadcast_to(t[:, None], (b, c)))
-  cos, sin = frame_rope(config, frame_index + jnp.arange(c, dtype=jnp.int32), h, w)
-  kv_length = jnp.full((b,), tokens.shape[1] * tokens.shape[2], jnp.int32) + kv.length
-  impl = config.attention
-
-  def attend(q, k, v, layer_cache):
-    cached_k, cached_v = layer_cache
-    # The chunk first, then the cache: the valid keys stay a prefix (what cuDNN's padding mask needs).
-    o = attention(q, jnp.concatenate([k, cached_k], 1), jnp.concatenate([v, cached_v], 1), kv_length=kv_length,
-                  impl=impl)
-    return o, (k, v)
-
-  layer_state = (kv.k, kv.v)
+  grid = (x.shape[2] // ph, x.shape[3] // pw)
+  plan = CachedAttention.of(kv, c * grid[0] * grid[1])
   if probe is not None:
     key_frame = cache_key_frames(kv, c, frame_index)
     visible = jnp.broadcast_to(key_frame >= 0, (c, key_frame.shape[0]))
-    attend, layer_state = instrument(attend, layer_state, probe, config.num_layers, visible, (h, w),
-                                     keys=lambda k, layer_cache: jnp.concatenate([k, layer_cache[0]], 1))
-  if routing is None:
-    tokens, layer_outputs = run_blocks(config, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl,
-                                       layer_state)
-    flow = output_head(config, params, tokens, e, h, w)
-    if probe is None:
-      return flow, layer_outputs, None
-    chunk_kv, stats = collect(probe, layer_outputs, key_frame[:c], key_frame)
+    plan = probed(plan, probe, config.num_layers, visible, grid)
+  if routing is not None:
+    active, entries, options = routing
+    plan = routed(options, plan, active, entries)
+  flow, kept = dit_forward(config, params, x, t, text_kv=text_kv, plan=plan, frame_offset=frame_index)
+  if probe is not None:
+    chunk_kv, stats = collect(probe, kept, key_frame[:c], key_frame)
     return flow, chunk_kv, None, stats
-  active, entries, options = routing
-  block_fn = functools.partial(routed_block, options=options, tokens=active)
-  tokens, (chunk_kv, entries) = run_blocks(config, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl,
-                                           ((kv.k, kv.v), entries), block_fn)
-  return output_head(config, params, tokens, e, h, w), chunk_kv, entries
+  return (flow, *kept) if routing is not None else (flow, kept, None)
 
 
 def stream_forward(config: DiTConfig, params: Params, state: StreamState, x: jax.Array, t: jax.Array,

@@ -9,9 +9,11 @@ Gradients reach chunk c only through its exit-step forward: the earlier steps an
 while the exit forward's own K/V, its text K/V and its weights are differentiated (spec §8.9: the text K/V must
 keep their gradient). The rollout runs in two phases:
   1. `rollout`: every forward without gradient, a `lax.scan` over chunks, each forward against a `KVCache`
-     (`streaming.chunk_forward`, the streaming step's forward). It returns the samples, each chunk's exit-step input and the final cache.
-  2. `exit_forward`: the exit-step forwards of all chunks at once, with gradient. Chunk c's queries attend to its
-     own keys and to rows [0, c·chunk) of the final cache, which hold exactly the K/V that chunk c saw in phase 1.
+     (`streaming.chunk_forward`, the streaming step's forward). It returns the samples, each chunk's exit-step
+     input and the final cache.
+  2. `exit_forward`: the exit-step forwards of all chunks at once, with gradient: one `dit_forward` under the
+     `PrefixAttention` plan, where chunk c's queries attend to its own keys and to rows [0, c·chunk) of the final
+     cache, which hold exactly the K/V that chunk c saw in phase 1.
 Phase 2 repeats the exit forwards (one forward over the clip) so that the backward pass keeps one cache alive, not
 one per chunk as differentiating through the scan would.
 
@@ -28,14 +30,16 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from liveedit_jax.attention import attention
 from liveedit_jax.config import DiTConfig
-from liveedit_jax.dit import Params, embed_latents, frame_rope, output_head, run_blocks
+from liveedit_jax.dit import Params, dit_forward
 from liveedit_jax.kv_cache import KVCache
 from liveedit_jax.mask_cache import MaskCacheConfig, chunk_token_indices, select_active, token_distance
+from liveedit_jax.plans import Plan
 from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, x0_from_flow
 from liveedit_jax.streaming import chunk_forward
 
@@ -134,29 +138,32 @@ def rollout(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Arr
   return Rollout(_unchunk(samples), _unchunk(inputs), kv)
 
 
+@flax.struct.dataclass
+class PrefixAttention(Plan):
+  """Every chunk of a clip at once: chunk c's queries against its own keys, then rows [0, c·chunk) of a cache
+  (the stream's order, `plans.CachedAttention`). Keeps nothing."""
+
+  k: jax.Array  # [L, B, S, N, E] the rollout's final cache, a constant
+  v: jax.Array  # [L, B, S, N, E]
+  chunk_tokens: int = flax.struct.field(pytree_node=False)
+  layer_fields = ("k", "v")
+
+  def attend(self, q, k, v, impl):
+    step = self.chunk_tokens
+    outs = [attention(q[:, s:s + step], jnp.concatenate([k[:, s:s + step], self.k[:, :s]], 1),
+                      jnp.concatenate([v[:, s:s + step], self.v[:, :s]], 1), impl=impl)
+            for s in range(0, q.shape[1], step)]
+    return jnp.concatenate(outs, 1), None
+
+
 def exit_forward(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Array], kv: KVCache,
                  exit_inputs: jax.Array, source: jax.Array, t: jax.Array, chunk_frames: int) -> jax.Array:
   """Phase 2: every chunk's exit-step x̂0 [B, F, H, W, C] float32, differentiable in params and text_kv.
 
   kv: phase 1's final cache (a constant); exit_inputs: [B, F, H, W, C]; t: [B] the exit step's timestep.
   """
-  b, f, hh, ww, _ = exit_inputs.shape
   _, ph, pw = config.patch_size
-  h, w = hh // ph, ww // pw
-  impl = config.attention
-  step = chunk_frames * h * w  # tokens per chunk
-  cache = jax.lax.stop_gradient((kv.k, kv.v))
-  x = jnp.concatenate([exit_inputs, source], -1)
-  tokens, e, e0 = embed_latents(config, params, x, jnp.broadcast_to(t[:, None], (b, f)))
-  cos, sin = frame_rope(config, jnp.arange(f, dtype=jnp.int32), h, w)
-
-  def attend(q, k, v, layer_cache):
-    cached_k, cached_v = layer_cache
-    # Chunk c: its own keys first, then the cache rows of chunks < c (stream_forward's order).
-    outs = [attention(q[:, s:s + step], jnp.concatenate([k[:, s:s + step], cached_k[:, :s]], 1),
-                      jnp.concatenate([v[:, s:s + step], cached_v[:, :s]], 1), impl=impl)
-            for s in range(0, q.shape[1], step)]
-    return jnp.concatenate(outs, 1), None
-
-  tokens, _ = run_blocks(config, params["blocks"], tokens, e0, text_kv, cos, sin, attend, impl, cache)
-  return x0_from_flow(exit_inputs, output_head(config, params, tokens, e, h, w), t / TRAIN_TIMESTEPS)
+  chunk_tokens = chunk_frames * (exit_inputs.shape[2] // ph) * (exit_inputs.shape[3] // pw)
+  plan = PrefixAttention(*jax.lax.stop_gradient((kv.k, kv.v)), chunk_tokens)
+  flow, _ = dit_forward(config, params, jnp.concatenate([exit_inputs, source], -1), t, text_kv=text_kv, plan=plan)
+  return x0_from_flow(exit_inputs, flow, t / TRAIN_TIMESTEPS)
