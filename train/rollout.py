@@ -28,6 +28,7 @@ and the weights are the same either way.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import flax.struct
@@ -82,60 +83,72 @@ def rollout(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Arr
   _, ph, pw = config.patch_size
   frame_tokens = (hh // ph) * (ww // pw)
   kv = KVCache.empty(config.num_layers, b, f, frame_tokens, config.num_heads, config.head_dim, config.dtype)
-  no_kv = jnp.zeros((config.num_layers, b, chunk_frames * frame_tokens, config.num_heads, config.head_dim),
-                    config.dtype)
-  steps, ts = len(timesteps), jnp.asarray(timesteps, jnp.float32)
   pruned = mask_cache is not None and mask_cache.enabled
   if pruned and mask_cache.static_kv != "recompute":
     raise ValueError("the pruned-noise rollout recomputes static tokens' K/V (static_kv='recompute')")
-
-  def chunk_step(carry, chunk):
-    """carry: (kv, token cache [L, steps + 1, B, c·P, D] or None, active flat tokens [B, c·A] or None)."""
-    kv, cached, active = carry
-    index, src, eps = chunk  # int32 [], [B, c, H, W, C], [steps, B, c, H, W, C]
-
-    # Forwards k = 0 … k* denoise at t_k (k* is the exit step); forward k* + 1 refreshes the cache from the
-    # clean output at t = 0 (its token-cache slot is the last, as in streaming). One loop body keeps a single
-    # forward in the compiled program.
-    def forward(k, carry):
-      x, x0, x_exit, _, cached = carry
-      refresh = k > exit_step
-      t = jnp.where(refresh, 0.0, ts[jnp.minimum(k, steps - 1)])
-      x_in = jnp.where(refresh, x0, x)
-      routing = None
-      if pruned:
-        slot = jnp.where(refresh, steps, k)
-        routing = (active, (jax.lax.dynamic_index_in_dim(cached, slot, 1, keepdims=False), None, None), mask_cache)
-      flow, chunk_kv, entries = chunk_forward(config, params, text_kv, kv, index * chunk_frames,
-                                              jnp.concatenate([x_in, src], -1), jnp.full((b,), t), routing)
-      if pruned:
-        cached = jax.lax.dynamic_update_index_in_dim(cached, entries[0].astype(cached.dtype), slot, 1)
-      pred = x0_from_flow(x_in, flow, t / TRAIN_TIMESTEPS)
-      nxt = jnp.minimum(k + 1, steps - 1)
-      renoised = add_noise(pred, eps[nxt], ts[nxt] / TRAIN_TIMESTEPS)
-      return (jnp.where(k < exit_step, renoised, x), jnp.where(refresh, x0, pred),
-              jnp.where(k == exit_step, x, x_exit), chunk_kv, cached)
-
-    zeros = jnp.zeros_like(eps[0])
-    _, x0, x_exit, chunk_kv, cached = jax.lax.fori_loop(0, exit_step + 2, forward,
-                                                        (eps[0], zeros, zeros, (no_kv, no_kv), cached))
-    if pruned:  # the next chunk's active tokens: where this chunk's edit is largest
-      spatial, _ = select_active(token_distance(x0, src, config.patch_size), mask_cache.active_tokens(frame_tokens))
-      active = chunk_token_indices(spatial, chunk_frames, frame_tokens)
-    return (kv.write(*chunk_kv), cached, active), (x0, x_exit)
-
+  chunk_step = functools.partial(_rollout_chunk, config, params, text_kv, timesteps, exit_step,
+                                 mask_cache if pruned else None)
   n = f // chunk_frames
   chunks = (jnp.arange(n, dtype=jnp.int32), _chunks(source, chunk_frames, 1), _chunks(noise, chunk_frames, 2))
   if not pruned:
     (kv, _, _), (samples, inputs) = jax.lax.scan(chunk_step, (kv, None, None), chunks)
     return Rollout(_unchunk(samples), _unchunk(inputs), kv)
   # Chunk 0 runs every token (its active set has another shape than the later chunks'), filling the token cache.
-  cached = jnp.zeros((config.num_layers, steps + 1, b, chunk_frames * frame_tokens, config.dim), config.dtype)
-  every = jnp.broadcast_to(jnp.arange(chunk_frames * frame_tokens, dtype=jnp.int32), (b, chunk_frames * frame_tokens))
+  tokens = chunk_frames * frame_tokens
+  cached = jnp.zeros((config.num_layers, len(timesteps) + 1, b, tokens, config.dim), config.dtype)
+  every = jnp.broadcast_to(jnp.arange(tokens, dtype=jnp.int32), (b, tokens))
   carry, first = chunk_step((kv, cached, every), jax.tree.map(lambda a: a[0], chunks))
   (kv, _, _), later = jax.lax.scan(chunk_step, carry, jax.tree.map(lambda a: a[1:], chunks))
   samples, inputs = (jnp.concatenate([a[None], rest]) for a, rest in zip(first, later))
   return Rollout(_unchunk(samples), _unchunk(inputs), kv)
+
+
+def _rollout_chunk(config: DiTConfig, params: Params, text_kv: tuple[jax.Array, jax.Array],
+                   timesteps: tuple[float, ...], exit_step: jax.Array, mask_cache: MaskCacheConfig | None,
+                   carry, chunk):
+  """One chunk of `rollout`, a `lax.scan` body; mask_cache None: every token runs.
+
+  carry: (kv, token cache [L, steps + 1, B, c·P, D] or None, active flat tokens [B, c·A] or None);
+  chunk: (index int32 [], source [B, c, H, W, C], noise [steps, B, c, H, W, C]).
+  Returns (carry, (x̂0, the exit step's input), each [B, c, H, W, C]).
+  """
+  kv, cached, active = carry
+  index, src, eps = chunk
+  b, chunk_frames = src.shape[:2]
+  steps, ts = len(timesteps), jnp.asarray(timesteps, jnp.float32)
+  no_kv = jnp.zeros((config.num_layers, b, chunk_frames * kv.frame_tokens, config.num_heads, config.head_dim),
+                    config.dtype)
+
+  # Forwards k = 0 … k* denoise at t_k (k* is the exit step); forward k* + 1 refreshes the cache from the
+  # clean output at t = 0 (its token-cache slot is the last, as in streaming). One loop body keeps a single
+  # forward in the compiled program.
+  def forward(k, carry):
+    x, x0, x_exit, _, cached = carry
+    refresh = k > exit_step
+    t = jnp.where(refresh, 0.0, ts[jnp.minimum(k, steps - 1)])
+    x_in = jnp.where(refresh, x0, x)
+    routing = None
+    if mask_cache is not None:
+      slot = jnp.where(refresh, steps, k)
+      routing = (active, (jax.lax.dynamic_index_in_dim(cached, slot, 1, keepdims=False), None, None), mask_cache)
+    flow, chunk_kv, entries = chunk_forward(config, params, text_kv, kv, index * chunk_frames,
+                                            jnp.concatenate([x_in, src], -1), jnp.full((b,), t), routing)
+    if mask_cache is not None:
+      cached = jax.lax.dynamic_update_index_in_dim(cached, entries[0].astype(cached.dtype), slot, 1)
+    pred = x0_from_flow(x_in, flow, t / TRAIN_TIMESTEPS)
+    nxt = jnp.minimum(k + 1, steps - 1)
+    renoised = add_noise(pred, eps[nxt], ts[nxt] / TRAIN_TIMESTEPS)
+    return (jnp.where(k < exit_step, renoised, x), jnp.where(refresh, x0, pred),
+            jnp.where(k == exit_step, x, x_exit), chunk_kv, cached)
+
+  zeros = jnp.zeros_like(eps[0])
+  _, x0, x_exit, chunk_kv, cached = jax.lax.fori_loop(0, exit_step + 2, forward,
+                                                      (eps[0], zeros, zeros, (no_kv, no_kv), cached))
+  if mask_cache is not None:  # the next chunk's active tokens: where this chunk's edit is largest
+    spatial, _ = select_active(token_distance(x0, src, config.patch_size),
+                               mask_cache.active_tokens(kv.frame_tokens))
+    active = chunk_token_indices(spatial, chunk_frames, kv.frame_tokens)
+  return (kv.write(*chunk_kv), cached, active), (x0, x_exit)
 
 
 @flax.struct.dataclass
