@@ -1,4 +1,5 @@
 """Streaming video editing from the command line: read frames, edit them chunk by chunk, write them as they come.
+(The jitted step it runs per chunk is `streaming.py`'s `stream_step`.)
 
     python -m liveedit_jax.stream --input synthetic:7 --output out.mp4 --side-by-side   # the default model
     python -m liveedit_jax.stream --input in.mp4 --output out.mp4 --prompt "make the red circle blue"
