@@ -2,6 +2,7 @@
 batches, the loss restricted to the first frames, and the VAE overrides of a run."""
 
 import dataclasses
+import functools
 import re
 
 import jax
@@ -57,7 +58,7 @@ def test_training_batch_starts_on_short_clips():
 
 def test_reconstruction_scores_per_clip_and_per_frame():
   vae = VAEConfig.preset("tiny", compute_dtype="float32")
-  params = init_vae_params(vae, jax.random.key(6))
+  params = jax.jit(functools.partial(init_vae_params, vae))(jax.random.key(6))
   clips = np.random.default_rng(7).integers(0, 256, (4, 5, 16, 16, 3), dtype=np.uint8)
   scores = evaluate_reconstruction(vae, params, clips, batch=2)  # two batches, one compile
   reconstruction = np.concatenate([np.asarray(_reconstruct(vae, params, to_video(clips[i:i + 2]))) for i in (0, 2)])
@@ -79,15 +80,16 @@ def test_loss_on_the_first_frames_alone():
   params = init_vae_params(vae, jax.random.key(8))
   video = np.random.default_rng(9).uniform(-1, 1, (2, 9, 16, 16, 3)).astype(np.float32)
   key = jax.random.key(10)
-  loss, _ = loss_fn(config, vae, params, video, key)
+  loss, _ = jax.jit(functools.partial(loss_fn, config, vae))(params, video, key)
   # By hand: the whole clip encoded and decoded (the same noise), the error of frames 0-4 alone.
-  mu = vae_encode(vae, params, video)
+  mu = jax.jit(functools.partial(vae_encode, vae))(params, video)
   rms = np.sqrt(np.mean(np.square(mu)) + 1e-6)
-  reconstruction = vae_decode(vae, params, mu + config.latent_noise * rms * jax.random.normal(key, mu.shape))
+  reconstruction = jax.jit(functools.partial(vae_decode, vae))(
+      params, mu + config.latent_noise * rms * jax.random.normal(key, mu.shape))
   error = np.asarray(reconstruction, np.float64)[:, :5] - video[:, :5]
   expected = np.mean(error ** 2) + 0.1 * np.mean(np.abs(error)) + config.latent_l2 * np.mean(np.square(mu))
   np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
-  whole, _ = loss_fn(dataclasses.replace(config, loss_frames=0), vae, params, video, key)
+  whole, _ = jax.jit(functools.partial(loss_fn, dataclasses.replace(config, loss_frames=0), vae))(params, video, key)
   assert abs(float(whole) - expected) > 1e-3 * expected
 
 
@@ -98,9 +100,9 @@ def test_vae_overrides_change_the_preset():
   assert (vae.temporal_downsample, vae.temporal_factor, config.steps) == ((False, False, False), 1, 7)
   assert vae.replace(temporal_downsample=(False, True, True)) == VAEConfig.preset("tiny", compute_dtype="float32")
   # One latent a frame: a 3-frame clip (not 1 + 4k) encodes to 3 latents and decodes to 3 frames.
-  params = init_vae_params(vae, jax.random.key(11))
-  latents = vae_encode(vae, params, np.zeros((1, 3, 16, 16, 3), np.float32))
-  assert latents.shape[1] == 3 and vae_decode(vae, params, latents).shape[1] == 3
+  params = jax.eval_shape(functools.partial(init_vae_params, vae), jax.random.key(11))
+  latents = jax.eval_shape(functools.partial(vae_encode, vae), params, jax.ShapeDtypeStruct((1, 3, 16, 16, 3), np.float32))
+  assert latents.shape[1] == 3 and jax.eval_shape(functools.partial(vae_decode, vae), params, latents).shape[1] == 3
   for text, message in [('{"vae_overrides": {"width": 3}}', "unknown VAEConfig fields ['width']"),
                         ('{"vae_overrides": [1]}', "vae_overrides is a JSON object"),
                         ('{"stepz": 1}', "unknown AutoencoderConfig fields ['stepz']"),
