@@ -132,11 +132,11 @@ from liveedit_jax import autoencoders, cli, default_model, prompt_switch
 from liveedit_jax.autoencoders import Autoencoder, AutoencoderState, Chunking
 from liveedit_jax.config import AttentionImpl, DiTConfig
 from liveedit_jax.dit import load_dit
-from liveedit_jax.mask_cache import MaskCacheConfig
+from liveedit_jax.mask_cache import CacheOn, MaskCacheConfig
 from liveedit_jax.placement import Placement, abstract, born_on, plan
 from liveedit_jax.prompt_cache import PromptCache
 from liveedit_jax.prompt_switch import History, push_history
-from liveedit_jax.streaming import StreamConfig, StreamState, init_stream, stream_step
+from liveedit_jax.streaming import Refresh, StreamConfig, StreamState, init_stream, stream_step
 from liveedit_jax.tokenizer import SPIECE_FILE, TOKENIZER_JSON, Tokenizer, clean_prompt
 from liveedit_jax.umt5 import encode_prompts, load_text_encoder, text_encoder_identity
 from liveedit_jax.video_io import (FrameReader, RawWriter, VideoIOError, VideoWriter, count_frames, is_raw,
@@ -155,9 +155,9 @@ def add_stream_options(group: argparse._ArgumentGroup) -> argparse._ArgumentGrou
   """The streaming options (mask cache, KV cache refresh, cache frames), shared with `python -m
   liveedit_jax.evaluate --editor stream`; `stream_options` reads them back."""
   group.add_argument("--prune", type=float, default=0.7, help="mask cache: fraction of tokens reused")
-  group.add_argument("--cache-on", choices=("self_attn", "ffn", "none"), default="self_attn",
+  group.add_argument("--cache-on", choices=typing.get_args(CacheOn), default="self_attn",
                      help="mask cache placement; none recomputes every token")
-  group.add_argument("--refresh", choices=("clean", "none"), default="clean",
+  group.add_argument("--refresh", choices=typing.get_args(Refresh), default="clean",
                      help="KV cache refresh: a forward on the clean output (clean) or the last denoising forward")
   group.add_argument("--cache-frames", type=int, default=18, help="past latent frames attended to")
   group.add_argument("--sink-frames", type=int, default=0, help="of those, first frames never evicted")

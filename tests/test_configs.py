@@ -1,8 +1,14 @@
 """The model configs' shared checks (`config.PresetConfig`): every kind names a bad dtype field and its preset."""
 
+import argparse
+import typing
+
 import pytest
 
+from liveedit_jax import stream
 from liveedit_jax.config import DiTConfig
+from liveedit_jax.mask_cache import CacheOn
+from liveedit_jax.streaming import Refresh
 from liveedit_jax.taehv import TAEHVConfig
 from liveedit_jax.umt5 import UMT5Config
 from liveedit_jax.vae import VAEConfig
@@ -16,3 +22,11 @@ def test_a_bad_dtype_is_named(config_class, field):
   with pytest.raises(ValueError, match=f"^tiny: {field} must be one of \\('float32', 'bfloat16', 'float16'\\), "
                                        f"got 'float64'$"):
     config_class.preset("tiny", **{field: "float64"})
+
+
+def test_stream_options_offer_exactly_the_config_literals():
+  """The CLI's choices are the configs' Literals, so a new cache placement or refresh shows up in --help."""
+  group = stream.add_stream_options(argparse.ArgumentParser().add_argument_group())
+  choices = {action.dest: tuple(action.choices) for action in group._group_actions if action.choices}
+  assert choices["cache_on"] == typing.get_args(CacheOn) == ("self_attn", "ffn", "none")
+  assert choices["refresh"] == typing.get_args(Refresh) == ("clean", "none")

@@ -16,16 +16,17 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import typing
 
 import jax
 import jax.numpy as jnp
 
 from liveedit_jax import cli
 from liveedit_jax.bench.timing import peak_memory_gib
-from liveedit_jax.config import DiTConfig
+from liveedit_jax.config import AttentionImpl, DiTConfig
 from liveedit_jax.dit import init_dit_params
-from liveedit_jax.mask_cache import MaskCacheConfig
-from liveedit_jax.streaming import StreamConfig, init_stream, stream_step
+from liveedit_jax.mask_cache import CacheOn, MaskCacheConfig, StaticKV
+from liveedit_jax.streaming import Refresh, StreamConfig, init_stream, stream_step
 
 
 def _timed_chunks(config, params, state, source, n):
@@ -74,15 +75,15 @@ def main(argv: list[str] | None = None) -> None:
   parser = cli.ArgumentParser(prog="python -m liveedit_jax.bench stream", description=__doc__)
   parser.add_argument("--config", default="liveedit-1.3b")
   parser.add_argument("--dtype", default="bfloat16")
-  parser.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn", "pallas"],
+  parser.add_argument("--attention", default="auto", choices=typing.get_args(AttentionImpl),
                       help="pallas: liveedit_kernels.dispatch.enable() (this GPU's measured table) first")
   parser.add_argument("--height", type=int, default=480, help="video height (latent = /8)")
   parser.add_argument("--width", type=int, default=832)
   parser.add_argument("--cache-frames", type=int, default=18)
-  parser.add_argument("--refresh", nargs="+", default=["clean"], choices=["clean", "none"])
-  parser.add_argument("--cache-on", nargs="+", default=["none"], choices=["none", "self_attn", "ffn"])
+  parser.add_argument("--refresh", nargs="+", default=["clean"], choices=typing.get_args(Refresh))
+  parser.add_argument("--cache-on", nargs="+", default=["none"], choices=typing.get_args(CacheOn))
   parser.add_argument("--prune", nargs="+", type=float, default=[0.7])
-  parser.add_argument("--static-kv", nargs="+", default=["recompute"], choices=["recompute", "reuse"])
+  parser.add_argument("--static-kv", nargs="+", default=["recompute"], choices=typing.get_args(StaticKV))
   parser.add_argument("--chunks", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=2)
   args = parser.parse_args(argv)
