@@ -552,10 +552,10 @@ def vae_encode(config: VAEConfig, params: Params, video: jax.Array, *, chunked: 
   """
   cfg = config
   _check_frames(cfg, video, first=True, what="video")
-  b, t, h, w, c = video.shape
-  k = cfg.temporal_factor
   if not chunked:
     return _encode_chunk(cfg, params, None, video, True)[1]
+  b, t, h, w, c = video.shape
+  k = cfg.temporal_factor
   cache, latents = _encode_chunk(cfg, params, None, video[:, :1], True)
   if t == 1:
     return latents

@@ -101,7 +101,8 @@ def test_vae_overrides_change_the_preset():
   assert vae.replace(temporal_downsample=(False, True, True)) == VAEConfig.preset("tiny", compute_dtype="float32")
   # One latent a frame: a 3-frame clip (not 1 + 4k) encodes to 3 latents and decodes to 3 frames.
   params = jax.eval_shape(functools.partial(init_vae_params, vae), jax.random.key(11))
-  latents = jax.eval_shape(functools.partial(vae_encode, vae), params, jax.ShapeDtypeStruct((1, 3, 16, 16, 3), np.float32))
+  clip = jax.ShapeDtypeStruct((1, 3, 16, 16, 3), np.float32)
+  latents = jax.eval_shape(functools.partial(vae_encode, vae), params, clip)
   assert latents.shape[1] == 3 and jax.eval_shape(functools.partial(vae_decode, vae), params, latents).shape[1] == 3
   for text, message in [('{"vae_overrides": {"width": 3}}', "unknown VAEConfig fields ['width']"),
                         ('{"vae_overrides": [1]}', "vae_overrides is a JSON object"),

@@ -113,11 +113,11 @@ def check_autoencoder(recipe: Recipe) -> None:
   export = recipe.outputs()["autoencoder"]
   if not export.exists():
     return
-  trained = VAEConfig.from_dict(param_io.read_config(export, "vae"))
-  if trained.temporal_factor != recipe.autoencoder.model().temporal_factor:
-    raise cli.UserError(f"{export} compresses time {trained.temporal_factor}×, this run's --autoencoder "
-                        f"{recipe.autoencoder.model().temporal_factor}×: pass the --autoencoder the autoencoder "
-                        f"phase was run with")
+  trained = VAEConfig.from_dict(param_io.read_config(export, "vae")).temporal_factor
+  asked = recipe.autoencoder.model().temporal_factor
+  if trained != asked:
+    raise cli.UserError(f"{export} compresses time {trained}×, this run's --autoencoder {asked}×: pass the "
+                        f"--autoencoder the autoencoder phase was run with")
 
 
 def run_phase(recipe: Recipe, phase: str, deadline: float | None) -> bool:
@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--max-seconds", type=float, help="start no phase after this long, and stop the autoencoder "
                       "at it (checkpointed; the next call resumes)")
   parser.add_argument("--autoencoder", metavar="JSON", help='AutoencoderConfig fields to change for this run, e.g. '
-                      '\'{"vae_overrides": {"temporal_downsample": [false, true]}}\' (every call of one run passes the same: the '
-                      'data\'s clip length follows the autoencoder\'s time compression)')
+                      '\'{"vae_overrides": {"temporal_downsample": [false, true]}}\' (every call of one run '
+                      'passes the same: the data\'s clip length follows the autoencoder\'s time compression)')
   parser.add_argument("--package", type=Path, metavar="DIR", help="write the shipped model directories there")
   parser.add_argument("--dit", choices=[p for p in PHASES if p.startswith("stage")], default="stage3",
                       help="the stage whose EMA --package ships as the DiT (the default model's is a stage 3; the "
