@@ -12,7 +12,7 @@ A dynamic `kv_length` ([B] int32) marks keys [0, kv_length) valid (fixed-size ca
 Implementations (`impl`):
   - "xla": einsum + float32 softmax with an explicit boolean mask. The reference; runs anywhere.
   - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`. Chunk masks become a static loop of
-    unmasked calls, each query chunk against its key prefix (never a dense mask: a dense cuDNN mask is folded
+    unmasked calls, each query chunk against the keys it sees (`AttentionMask.row_groups`; never a dense mask: a dense cuDNN mask is folded
     into a materialised bias and measured 3.6× slower than this loop on one H100, November 2026).
     `kv_length` maps to cuDNN's padding mask, which skips the invalid tiles.
   - further implementations (the fused kernels of `liveedit_kernels/`) register with `register_attention_impl`.
@@ -43,30 +43,55 @@ class AttentionMask:
     if self.kind != "full" and self.chunk_tokens <= 0:
       raise ValueError(f"mask {self.kind!r} needs chunk_tokens > 0, got {self.chunk_tokens}")
 
+  def row_intervals(self, q_len: int, kv_len: int, xp=np):
+    """[q_len, 4] int32: each query row's visible keys as [lo0, hi0) ∪ [lo1, hi1), an empty interval (0, 0).
+
+    The one statement of the masks' geometry: the dense mask, the cuDNN prefix loop and the kernels' tile plans
+    (`liveedit_kernels.mask_tiles`) are read off it. Per kind:
+      full             [0, S)
+      chunk_causal     chunk c: [0, (c+1)·C)
+      teacher_forcing  clean chunk c: [0, (c+1)·C); noisy chunk c: [0, c·C) ∪ [T/2 + c·C, T/2 + (c+1)·C)
+    each clipped to its half / the sequence. xp: numpy (host constants) or jax.numpy (inside a trace).
+    """
+    pos = xp.arange(q_len)
+    zeros = xp.zeros_like(pos)
+    if self.kind == "full":
+      return xp.stack([zeros, zeros + kv_len, zeros, zeros], axis=1).astype(xp.int32)
+    if q_len != kv_len:
+      raise ValueError(f"mask {self.kind!r} needs equal query and key lengths, got {q_len} and {kv_len}")
+    c = self.chunk_tokens
+    if self.kind == "chunk_causal":
+      return xp.stack([zeros, xp.minimum((pos // c + 1) * c, q_len), zeros, zeros], axis=1).astype(xp.int32)
+    half = q_len // 2
+    if 2 * half != q_len:
+      raise ValueError(f"teacher forcing needs an even sequence [clean ‖ noisy], got length {q_len}")
+    noisy = pos >= half
+    chunk = (pos - noisy * half) // c
+    own_end = xp.minimum((chunk + 1) * c, half)
+    return xp.stack([zeros, xp.where(noisy, chunk * c, own_end), xp.where(noisy, half + chunk * c, 0),
+                     xp.where(noisy, half + own_end, 0)], axis=1).astype(xp.int32)
+
   def dense(self, q_len: int, kv_len: int, xp=np):
     """The boolean mask [q_len, kv_len] (True = visible), for the reference path and tests.
 
     xp: numpy (a host constant) or jax.numpy (built from iotas inside a trace, never a large captured constant).
     """
-    if self.kind == "full":
-      return xp.ones((q_len, kv_len), bool)
-    if q_len != kv_len:
-      raise ValueError(f"mask {self.kind!r} needs equal query and key lengths, got {q_len} and {kv_len}")
-    pos = xp.arange(q_len)
-    if self.kind == "chunk_causal":
-      chunk = pos // self.chunk_tokens
-      return chunk[None, :] <= chunk[:, None]
-    half = q_len // 2
-    if 2 * half != q_len:
-      raise ValueError(f"teacher forcing needs an even sequence [clean ‖ noisy], got length {q_len}")
-    noisy = pos >= half
-    chunk = (pos - noisy * half) // self.chunk_tokens
-    q_noisy, k_noisy = noisy[:, None], noisy[None, :]
-    q_chunk, k_chunk = chunk[:, None], chunk[None, :]
-    clean_q = ~q_noisy & ~k_noisy & (k_chunk <= q_chunk)
-    noisy_q_clean_k = q_noisy & ~k_noisy & (k_chunk < q_chunk)
-    noisy_q_own = q_noisy & k_noisy & (k_chunk == q_chunk)
-    return clean_q | noisy_q_clean_k | noisy_q_own
+    iv = self.row_intervals(q_len, kv_len, xp)
+    keys = xp.arange(kv_len)[None, :]
+    return ((keys >= iv[:, 0:1]) & (keys < iv[:, 1:2])) | ((keys >= iv[:, 2:3]) & (keys < iv[:, 3:4]))
+
+  def visible_pairs(self, q_len: int, kv_len: int) -> int:
+    """Number of visible (query, key) pairs: the exact FLOP count is 4 · pairs · N · E for the forward."""
+    iv = self.row_intervals(q_len, kv_len).astype(np.int64)
+    return int(np.sum(iv[:, 1] - iv[:, 0]) + np.sum(iv[:, 3] - iv[:, 2]))
+
+  def row_groups(self, q_len: int, kv_len: int) -> list[tuple[int, int, tuple[tuple[int, int], ...]]]:
+    """Runs of consecutive query rows that see the same keys: (row start, row stop, the non-empty key intervals)."""
+    iv = self.row_intervals(q_len, kv_len)
+    starts = [0, *(np.flatnonzero(np.any(np.diff(iv, axis=0) != 0, axis=1)) + 1).tolist()]
+    stops = [*starts[1:], q_len]
+    return [(a, b, tuple((int(lo), int(hi)) for lo, hi in iv[a].reshape(2, 2) if hi > lo))
+            for a, b in zip(starts, stops)]
 
 
 FULL = AttentionMask()
@@ -111,22 +136,14 @@ def _cudnn(q, k, v, kv_length=None):
                                       key_value_seq_lengths=kv_length)
 
 
-def _chunked_prefix_loop(q, k, v, mask: AttentionMask, attend: Callable) -> jax.Array:
-  """Chunk masks as a static loop of unmasked calls: each query chunk against exactly the keys it sees."""
-  c = mask.chunk_tokens
-  if mask.kind == "chunk_causal":
-    t = q.shape[1]
-    outs = [attend(q[:, s:s + c], k[:, :s + c], v[:, :s + c]) for s in range(0, t, c)]
-    return jnp.concatenate(outs, axis=1)
-  half = q.shape[1] // 2
-  clean = _chunked_prefix_loop(q[:, :half], k[:, :half], v[:, :half], AttentionMask("chunk_causal", c), attend)
+def _prefix_loop(q, k, v, mask: AttentionMask, attend: Callable) -> jax.Array:
+  """Chunk masks as a static loop of unmasked calls: each run of query rows against exactly the keys it sees."""
   outs = []
-  for s in range(0, half, c):
-    e = min(s + c, half)
-    ks = jnp.concatenate([k[:, :s], k[:, half + s:half + e]], axis=1)
-    vs = jnp.concatenate([v[:, :s], v[:, half + s:half + e]], axis=1)
-    outs.append(attend(q[:, half + s:half + e], ks, vs))
-  return jnp.concatenate([clean] + outs, axis=1)
+  for start, stop, intervals in mask.row_groups(q.shape[1], k.shape[1]):
+    ks, vs = ([x[:, lo:hi] for lo, hi in intervals] for x in (k, v))
+    ks, vs = (xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=1) for xs in (ks, vs))
+    outs.append(attend(q[:, start:stop], ks, vs))
+  return jnp.concatenate(outs, axis=1)
 
 
 _EXTRA_IMPLS: dict[str, Callable] = {}
@@ -171,7 +188,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: AttentionMask =
   if impl == "cudnn":
     if mask.kind == "full":
       return _cudnn(q, k, v, kv_length)
-    return _chunked_prefix_loop(q, k, v, mask, _cudnn)
+    return _prefix_loop(q, k, v, mask, _cudnn)
   if impl in _EXTRA_IMPLS:
     return _EXTRA_IMPLS[impl](q, k, v, mask, kv_length)
   raise ValueError(f"attention implementation {impl!r} is not available; known: "

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from liveedit_jax import cli
 from liveedit_jax.attention import FULL, AttentionMask, attention
 from liveedit_jax.bench.timing import time_interleaved
-from liveedit_kernels import adaln, common, dispatch, mask_tiles, rms_norm_rope
+from liveedit_kernels import adaln, common, dispatch, rms_norm_rope
 from liveedit_kernels.flash_attention import SMALL_BLOCKS, BlockSizes, flash_attention
 from liveedit_kernels.hopper_attention import HopperBlocks, hopper_attention
 from liveedit_kernels.routed_attention import routed_attention, routed_attention_reference
@@ -82,7 +82,7 @@ class Case:
     elif self.kv_valid is not None:
       pairs = self.t * self.kv_valid
     else:
-      pairs = mask_tiles.visible_pairs(self.mask, self.t, self.s)
+      pairs = self.mask.visible_pairs(self.t, self.s)
     return 4.0 * pairs * self.heads * self.head_dim * (3.5 if self.grad else 1.0)
 
   @property
@@ -135,7 +135,7 @@ def _tokamax_attention(case: Case, kv_length):
   impl = api.IMPLEMENTATIONS["mosaic"] if "mosaic" in api.IMPLEMENTATIONS else api.IMPLEMENTATIONS["mosaic_gpu"]
   # its kernel needs the length to be a multiple of its 128-row block: pad, padding rows see the real keys only
   padded = common.round_up(case.t, 128)
-  k_end = jnp.asarray(mask_tiles.row_intervals(case.mask, case.t, case.s)[:, 1])
+  k_end = jnp.asarray(case.mask.row_intervals(case.t, case.s)[:, 1])
   k_end = jnp.concatenate([k_end, jnp.full((padded - case.t,), case.s, k_end.dtype)])
 
   def attend(q, k, v):

@@ -91,7 +91,8 @@ class HopperBlocks:
 
 @dataclasses.dataclass(frozen=True)
 class _Geometry:
-  """A static mask in the padded coordinates the kernels see. Every method takes int32 scalars or arrays.
+  """A static mask's `AttentionMask.row_intervals`, moved to the padded coordinates the kernels see and computed
+  in-kernel (traced, not a table). Every method takes int32 scalars or arrays.
 
   Row r sees keys [0, hi0) ∪ [lo1, hi1) (`row_bounds`). chunk_causal: hi0 = min((c+1)·C, kv_len), c = r // C.
   teacher_forcing, [clean ‖ pad ‖ noisy ‖ pad], each half `half_pad` long: clean chunk c sees [0, min((c+1)·C, L));

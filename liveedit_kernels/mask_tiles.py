@@ -1,11 +1,8 @@
 """The attention masks of this model as key intervals per query row, and the tile plans the kernels loop over.
 
-Every `liveedit_jax.attention.AttentionMask` shows a query row at most two contiguous key intervals:
-  full             [0, S)
-  chunk_causal     chunk c: [0, (c+1)·C)
-  teacher_forcing  clean chunk c: [0, (c+1)·C); noisy chunk c: [0, c·C) ∪ [T/2 + c·C, T/2 + (c+1)·C)
-(each clipped to its half / the sequence). `row_intervals` gives them as int32 (lo0, hi0, lo1, hi1), an empty
-interval being (0, 0); a kernel masks one element with `lo0 ≤ k < hi0 or lo1 ≤ k < hi1`.
+Every `liveedit_jax.attention.AttentionMask` shows a query row at most two contiguous key intervals,
+`AttentionMask.row_intervals` (lo0, hi0, lo1, hi1), an empty interval being (0, 0); a kernel masks one element with
+`lo0 ≤ k < hi0 or lo1 ≤ k < hi1`.
 
 A kernel's grid runs over tiles of one axis (q tiles for the forward and dQ, kv tiles for dK/dV) and loops over
 tiles of the other. `tile_plan` classifies every (q tile, kv tile) pair as empty, partial or full from the static
@@ -32,41 +29,11 @@ from liveedit_jax.attention import AttentionMask
 Major = Literal["q", "k"]  # the axis whose tiles form the grid
 
 
-def row_intervals(mask: AttentionMask, q_len: int, kv_len: int) -> np.ndarray:
-  """[q_len, 4] int32: each query row's visible keys as [lo0, hi0) ∪ [lo1, hi1)."""
-  iv = np.zeros((q_len, 4), np.int64)
-  if mask.kind == "full":
-    iv[:, 1] = kv_len
-    return iv.astype(np.int32)
-  if q_len != kv_len:
-    raise ValueError(f"mask {mask.kind!r} needs equal query and key lengths, got {q_len} and {kv_len}")
-  c = mask.chunk_tokens
-  pos = np.arange(q_len)
-  if mask.kind == "chunk_causal":
-    iv[:, 1] = np.minimum((pos // c + 1) * c, q_len)
-    return iv.astype(np.int32)
-  half = q_len // 2
-  if 2 * half != q_len:
-    raise ValueError(f"teacher forcing needs an even sequence [clean ‖ noisy], got length {q_len}")
-  noisy = pos >= half
-  chunk = (pos - noisy * half) // c
-  iv[:, 1] = np.where(noisy, chunk * c, np.minimum((chunk + 1) * c, half))
-  iv[:, 2] = np.where(noisy, half + chunk * c, 0)
-  iv[:, 3] = np.where(noisy, half + np.minimum((chunk + 1) * c, half), 0)
-  return iv.astype(np.int32)
-
-
 def padded_intervals(mask: AttentionMask, q_len: int, kv_len: int, q_pad: int) -> np.ndarray:
-  """[4, q_pad] int32: `row_intervals` transposed (one contiguous row per bound), padding rows empty."""
+  """[4, q_pad] int32: `mask.row_intervals` transposed (one contiguous row per bound), padding rows empty."""
   iv = np.zeros((4, q_pad), np.int32)
-  iv[:, :q_len] = row_intervals(mask, q_len, kv_len).T
+  iv[:, :q_len] = mask.row_intervals(q_len, kv_len).T
   return iv
-
-
-def visible_pairs(mask: AttentionMask, q_len: int, kv_len: int) -> int:
-  """Number of visible (query, key) pairs: the exact FLOP count is 4 · pairs · N · E for the forward."""
-  iv = row_intervals(mask, q_len, kv_len).astype(np.int64)
-  return int(np.sum(iv[:, 1] - iv[:, 0]) + np.sum(iv[:, 3] - iv[:, 2]))
 
 
 def tile_classes(intervals: np.ndarray, block_q: int, block_k: int, kv_pad: int) -> np.ndarray:

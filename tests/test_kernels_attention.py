@@ -43,16 +43,6 @@ MASK_CASES = [(FULL, 70, 90), (CC, 150, 150), (CC, 160, 160), (AttentionMask("ch
               (TF, 200, 200), (TF, 160, 160), (AttentionMask("teacher_forcing", 30), 140, 140)]
 
 
-@pytest.mark.parametrize("mask, q_len, kv_len", MASK_CASES)
-def test_row_intervals_are_the_dense_mask(mask, q_len, kv_len):
-  iv = mask_tiles.row_intervals(mask, q_len, kv_len)
-  keys = np.arange(kv_len)[None, :]
-  from_intervals = ((keys >= iv[:, 0:1]) & (keys < iv[:, 1:2])) | ((keys >= iv[:, 2:3]) & (keys < iv[:, 3:4]))
-  dense = mask.dense(q_len, kv_len)
-  np.testing.assert_array_equal(from_intervals, dense)
-  assert mask_tiles.visible_pairs(mask, q_len, kv_len) == dense.sum()
-
-
 @pytest.mark.parametrize("major", ["q", "k"])
 @pytest.mark.parametrize("mask, q_len, kv_len", MASK_CASES)
 def test_tile_plan_visits_exactly_the_visible_tiles(mask, q_len, kv_len, major):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 
+from liveedit_jax.attention import AttentionMask
 from liveedit_jax.config import DiTConfig
 from train.configs import TrainConfig
 
@@ -35,11 +36,6 @@ def dit_forward_flops(config: DiTConfig, batch: int, query_tokens: int, attended
   return float(batch * flops)
 
 
-def _causal_pairs(chunks: int, chunk_tokens: int) -> int:
-  """Pairs of chunk-causal attention: chunk c's queries see chunks 0 … c."""
-  return sum(chunk_tokens * (c + 1) * chunk_tokens for c in range(chunks))
-
-
 def step_flops(config: TrainConfig, batch: int | None = None) -> dict[str, float]:
   """Model FLOPs of one step: {"step": the average step, plus per-kind terms}, for `batch` samples (default the
   config's global batch).
@@ -53,16 +49,17 @@ def step_flops(config: TrainConfig, batch: int | None = None) -> dict[str, float
   frame_tokens = (config.height // ph) * (config.width // pw)
   tokens = config.frames * frame_tokens
   chunk_tokens = config.chunk_frames * frame_tokens
-  chunks = config.frames // config.chunk_frames
+  causal_pairs = AttentionMask("chunk_causal", chunk_tokens).visible_pairs(tokens, tokens)
   full = dit_forward_flops(dit, b, tokens, tokens * tokens)
-  causal = dit_forward_flops(dit, b, tokens, _causal_pairs(chunks, chunk_tokens))
+  causal = dit_forward_flops(dit, b, tokens, causal_pairs)
   if config.stage == 1:
     return {"step": 3 * full}
   if config.stage == 2:  # [clean ‖ noisy]: each half is chunk-causal-sized
-    tf = dit_forward_flops(dit, b, 2 * tokens, 2 * _causal_pairs(chunks, chunk_tokens))
+    tf_pairs = AttentionMask("teacher_forcing", chunk_tokens).visible_pairs(2 * tokens, 2 * tokens)
+    tf = dit_forward_flops(dit, b, 2 * tokens, tf_pairs)
     return {"step": 3 * tf}
   rollout_forwards = (len(config.timesteps) - 1) / 2 + 2
-  rollout = rollout_forwards * dit_forward_flops(dit, b, tokens, _causal_pairs(chunks, chunk_tokens), with_text=False)
+  rollout = rollout_forwards * dit_forward_flops(dit, b, tokens, causal_pairs, with_text=False)
   rollout += dit_forward_flops(dit, b, 0, 0)  # the text K/V, once per rollout
   real = (2 if config.guidance else 1) * full
   generator = rollout + 3 * causal + real + full
