@@ -26,6 +26,7 @@ import jax
 from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, conv_rules, error_line,
                             pointwise_conv_rules, read_checkpoint, strip_key_prefixes)
 from liveedit_jax import cli, param_io
+from liveedit_jax.config import CLI_DTYPES
 from liveedit_jax.taehv import BLOCKS_PER_STAGE, KIND, STAGES, TAEHV_PRESETS, TAEHVConfig, init_taehv_params
 
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
   parser = cli.ArgumentParser(prog="python -m convert.taehv", description=__doc__)
   parser.add_argument("--src", required=True, help="taew2_1.pth or taew2_1.safetensors")
   parser.add_argument("--dst", required=True, help="output directory")
-  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  parser.add_argument("--dtype", choices=CLI_DTYPES, default="float32")
   parser.add_argument("--preset", choices=sorted(TAEHV_PRESETS), default="taew2_1", help="sizes")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --dst")
   args = parser.parse_args(argv)

@@ -31,6 +31,7 @@ import numpy as np
 from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, error_line, layout_config,
                             linear_rules, read_checkpoint)
 from liveedit_jax import cli
+from liveedit_jax.config import CLI_DTYPES
 from liveedit_jax.param_io import save_params
 from liveedit_jax.tokenizer import SPIECE_FILE, TOKENIZER_FILES, TOKENIZER_JSON, Tokenizer
 from liveedit_jax.umt5 import KIND, TOKENIZER_DIR, UMT5_PRESETS, UMT5Config, init_umt5_params
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--dst", required=True, help="output directory")
   parser.add_argument("--format", choices=("auto", *LAYOUTS), default="auto")
   parser.add_argument("--tokenizer", help="folder with spiece.model and/or tokenizer.json (default: see above)")
-  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
+  parser.add_argument("--dtype", choices=CLI_DTYPES, default="bfloat16")
   parser.add_argument("--preset", choices=sorted(UMT5_PRESETS),
                       help="sizes (default: umt5-xxl for the Wan layout, config.json for transformers)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --dst")

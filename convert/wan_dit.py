@@ -27,7 +27,7 @@ import numpy as np
 from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, config_json_beside, error_line,
                             linear_rules, read_checkpoint, strip_key_prefixes, top_level_keys)
 from liveedit_jax import cli
-from liveedit_jax.config import DIT_PRESETS, DiTConfig
+from liveedit_jax.config import CLI_DTYPES, DIT_PRESETS, DiTConfig
 from liveedit_jax.dit import init_dit_params
 from liveedit_jax.param_io import save_params
 
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--num-heads", type=int, help="head count when no config.json says (default dim/128)")
   parser.add_argument("--preset", choices=sorted(DIT_PRESETS), help="check the tensors against this preset and "
                       "take what they cannot tell (text_len, heads) from it")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--dtype", default="float32", choices=CLI_DTYPES)
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --dst")
   args = parser.parse_args(argv)
   try:

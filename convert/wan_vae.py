@@ -28,6 +28,7 @@ import numpy as np
 from convert.common import (CheckpointError, Rule, TensorRef, apply_rules, conv_rules, error_line,
                             layout_config, pointwise_conv_rules, read_checkpoint)
 from liveedit_jax import cli, param_io
+from liveedit_jax.config import CLI_DTYPES
 from liveedit_jax.vae import VAE_PRESETS, VAEConfig, init_vae_params
 
 KIND = "vae"
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--src", required=True, help="Wan2.1_VAE.pth, or a diffusers AutoencoderKLWan directory")
   parser.add_argument("--dst", required=True, help="output directory")
   parser.add_argument("--format", choices=("auto", *LAYOUTS), default="auto")
-  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  parser.add_argument("--dtype", choices=CLI_DTYPES, default="float32")
   parser.add_argument("--preset", choices=sorted(VAE_PRESETS),
                       help="sizes (default: wan2.1-vae for the Wan layout, config.json for diffusers)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --dst")

@@ -15,7 +15,8 @@ Implementations (`impl`):
     unmasked calls, each query chunk against the keys it sees (`AttentionMask.row_groups`; never a dense mask: a dense cuDNN mask is folded
     into a materialised bias and measured 3.6× slower than this loop on one H100, November 2026).
     `kv_length` maps to cuDNN's padding mask, which skips the invalid tiles.
-  - further implementations (the fused kernels of `liveedit_kernels/`) register with `register_attention_impl`.
+  - further implementations register with `register_attention_impl`; "pallas" (the kernels of `liveedit_kernels/`)
+    is imported, and so registered, the first time it is asked for (`load_impl_family`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import importlib
 from typing import Callable, Iterator, Literal
 
 import jax
@@ -147,6 +149,9 @@ def _prefix_loop(q, k, v, mask: AttentionMask, attend: Callable) -> jax.Array:
 
 
 _EXTRA_IMPLS: dict[str, Callable] = {}
+# Families that live in a lower package, which registers them when imported: named here, not imported, because
+# that package imports this module (its kernels take `AttentionMask`).
+_FAMILY_MODULES = {"pallas": "liveedit_kernels.dispatch"}
 _INPUT_SHARDING: contextvars.ContextVar = contextvars.ContextVar("attention_input_sharding", default=None)
 
 
@@ -163,6 +168,13 @@ def attention_input_sharding(sharding: jax.sharding.Sharding) -> Iterator[None]:
     yield
   finally:
     _INPUT_SHARDING.reset(token)
+
+
+def load_impl_family(impl: str) -> None:
+  """Imports the package that registers implementation family `impl` ("pallas": `liveedit_kernels.dispatch`),
+  if it has one and it is not registered yet; `liveedit_jax.fused` shares it."""
+  if impl in _FAMILY_MODULES and impl not in _EXTRA_IMPLS:
+    importlib.import_module(_FAMILY_MODULES[impl])
 
 
 def register_attention_impl(name: str, fn: Callable) -> None:
@@ -189,6 +201,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: AttentionMask =
     if mask.kind == "full":
       return _cudnn(q, k, v, kv_length)
     return _prefix_loop(q, k, v, mask, _cudnn)
+  load_impl_family(impl)
   if impl in _EXTRA_IMPLS:
     return _EXTRA_IMPLS[impl](q, k, v, mask, kv_length)
   raise ValueError(f"attention implementation {impl!r} is not available; known: "

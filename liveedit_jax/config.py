@@ -17,6 +17,9 @@ import jax.numpy as jnp
 
 AttentionImpl = Literal["auto", "xla", "cudnn", "pallas"]
 Dtype = Literal["float32", "bfloat16", "float16"]
+# The `--dtype` choices of every command line (compute or storage): float16 stays a config-only option, since no
+# checkpoint or kernel of this project is tested in it.
+CLI_DTYPES = ("bfloat16", "float32")
 _ATTENTION_IMPLS = get_args(AttentionImpl)
 _DTYPES = get_args(Dtype)
 

@@ -78,7 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 from liveedit_jax import autoencoders, cli, default_model, metrics, synthetic
 from liveedit_jax.autoencoders import Autoencoder
-from liveedit_jax.config import DiTConfig
+from liveedit_jax.config import CLI_DTYPES, DiTConfig
 from liveedit_jax.dit import load_dit
 from liveedit_jax.sampler import sample_edit
 from liveedit_jax.schedule import GENERATOR_SHIFT
@@ -369,7 +369,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   models.add_argument("--dit", help="converted DiT directory")
   add_autoencoder_options(models, "the default model's vae")
   models.add_argument("--text-encoder", help="converted umT5 directory (embeds each clip's instruction)")
-  models.add_argument("--dtype", choices=("bfloat16", "float32"),
+  models.add_argument("--dtype", choices=CLI_DTYPES,
                       help="compute dtype of the models (default: bfloat16 on GPU, float32 elsewhere)")
   add_stream_options(parser.add_argument_group("stream editor (as python -m liveedit_jax.stream)"))
   sampler = parser.add_argument_group("sampler editor (Stage 1/2 models)")

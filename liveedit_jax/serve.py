@@ -83,6 +83,7 @@ import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from liveedit_jax import autoencoders, cli, default_model, prompt_switch, stream, synthetic, video_io
+from liveedit_jax.config import CLI_DTYPES
 from liveedit_jax.placement import Placement, abstract, born_on, plan
 from liveedit_jax.prompt_cache import PromptCache
 from liveedit_jax.prompt_switch import History
@@ -508,7 +509,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   stream.add_autoencoder_options(models, "the default model's")
   models.add_argument("--text-encoder", help="converted umT5 directory (python -m convert.umt5)")
   models.add_argument("--prompt-cache", help="directory of cached prompt embeddings")
-  models.add_argument("--dtype", choices=("bfloat16", "float32"),
+  models.add_argument("--dtype", choices=CLI_DTYPES,
                       help="compute dtype of the DiT and autoencoders (default: bfloat16 on GPU, float32 elsewhere)")
   options = stream.add_stream_options(parser.add_argument_group("streaming"))
   options.add_argument("--seed", type=int, default=0, help="seed of the denoising noise (each stream starts at it)")
@@ -534,10 +535,6 @@ def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
   if not args.no_compile_cache:
     stream.enable_compile_cache(stream.compile_cache_dir())
-  if args.attention == "pallas":
-    import liveedit_kernels.dispatch  # noqa: PLC0415 (the GPU kernels load only when asked for)
-
-    liveedit_kernels.dispatch.enable()
   if args.host not in LOCAL_HOSTS:
     warnings.warn(f"--host {args.host}: the server is reachable from other machines, and anyone who reaches it "
                   "can stream through the model (there is no authentication)", stacklevel=1)

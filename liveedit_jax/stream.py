@@ -130,7 +130,7 @@ import numpy as np
 
 from liveedit_jax import autoencoders, cli, default_model, prompt_switch
 from liveedit_jax.autoencoders import Autoencoder, AutoencoderState, Chunking
-from liveedit_jax.config import AttentionImpl, DiTConfig
+from liveedit_jax.config import CLI_DTYPES, AttentionImpl, DiTConfig
 from liveedit_jax.dit import load_dit
 from liveedit_jax.mask_cache import CacheOn, MaskCacheConfig
 from liveedit_jax.placement import Placement, abstract, born_on, plan
@@ -330,7 +330,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   models.add_argument("--recache", action="store_true",
                       help="at a switch, re-cache the KV cache's frames under the new prompt (one DiT forward per "
                       "cached chunk) instead of keeping them as edited under the old one")
-  models.add_argument("--dtype", choices=("bfloat16", "float32"),
+  models.add_argument("--dtype", choices=CLI_DTYPES,
                       help="compute dtype of the DiT and autoencoders (default: bfloat16 on GPU, float32 elsewhere)")
   stream = add_stream_options(parser.add_argument_group("streaming"))
   stream.add_argument("--seed", type=int, default=0, help="seed of the denoising noise")
@@ -905,10 +905,6 @@ def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
   if not args.no_compile_cache:
     enable_compile_cache(compile_cache_dir())
-  if args.attention == "pallas":
-    import liveedit_kernels.dispatch  # noqa: PLC0415 (the GPU kernels load only when asked for)
-
-    liveedit_kernels.dispatch.enable()
   cli.refuse_existing(args.output, args.overwrite)
   dit_config, encoder, _ = default_model.check_models(args.models, args.height, args.width)
   decoder = check_decoder(args, encoder)

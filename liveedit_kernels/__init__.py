@@ -8,8 +8,9 @@
   adaln             LayerNorm + adaLN modulation fused (jax-triton, optional GPU extra)
   rms_norm_rope      q/k RMSNorm + 3-D RoPE fused, both projections in one pass (jax-triton, optional GPU extra)
   mask_tiles        the static masks as per-row key intervals and per-tile loop plans
-  dispatch          `enable()` registers attention impl "pallas": the fastest measured path per case
+  dispatch          attention impl "pallas": the fastest measured path per case (`enable(table)` ranks by another table)
   bench             `python -m liveedit_kernels.bench`: the measurements that table is made of
 
-Nothing here is imported by liveedit_jax; `liveedit_kernels.dispatch.enable()` plugs the kernels in.
+liveedit_jax imports none of this statically: `DiTConfig(attention="pallas")` imports `dispatch` on its first call,
+which registers the kernels with liveedit_jax.attention and liveedit_jax.fused.
 """

@@ -1,8 +1,7 @@
 """The "pallas" implementation family: per case, the fastest path measured on this kind of GPU.
 
-    import liveedit_kernels.dispatch
-    liveedit_kernels.dispatch.enable()      # registers "pallas" with liveedit_jax.attention and liveedit_jax.fused
-    cfg = DiTConfig.preset("liveedit-1.3b", attention="pallas")
+    cfg = DiTConfig.preset("liveedit-1.3b", attention="pallas")   # imports this module on its first attention call
+    liveedit_kernels.dispatch.enable("my_table.json")            # optional: rank by another measurement table
 
 A hand-written kernel earns its place only where it beats what JAX already has, so the choice is data: a table of
 measured milliseconds per case and implementation for this kind of GPU (`measured_h200.json` on an H200,
@@ -151,11 +150,20 @@ def table_for(device_kind: str) -> Path:
   return next((path for name, path in TABLES.items() if name in device_kind), TABLE)
 
 
-def enable(table: str | Path | None = None) -> Policy:
-  """Registers "pallas" with liveedit_jax.attention and liveedit_jax.fused, ranking by `table` (default: the
-  shipped table of this GPU)."""
-  _ACTIVE[:] = [load_policy(table_for(jax.devices()[0].device_kind) if table is None else table)]
+def _register() -> None:
   register_attention_impl("pallas", pallas_attention)
   register_fused_impl("pallas", "modulated_layer_norm", pallas_modulated_layer_norm)
   register_fused_impl("pallas", "rms_norm_rope", pallas_rms_norm_rope)
+
+
+def enable(table: str | Path | None = None) -> Policy:
+  """Ranks "pallas" by `table` (default: the shipped table of this GPU) from now on; importing this module has
+  registered it with liveedit_jax.attention and liveedit_jax.fused already."""
+  _ACTIVE[:] = [load_policy(table_for(jax.devices()[0].device_kind) if table is None else table)]
+  _register()
   return _ACTIVE[0]
+
+
+# "pallas" is registered on import, so `DiTConfig(attention="pallas")` works without a call to `enable`
+# (liveedit_jax.attention imports this module the first time the family is asked for).
+_register()

@@ -1,12 +1,13 @@
 """The model configs' shared checks (`config.PresetConfig`): every kind names a bad dtype field and its preset."""
 
 import argparse
+import importlib
 import typing
 
 import pytest
 
 from liveedit_jax import stream
-from liveedit_jax.config import DiTConfig
+from liveedit_jax.config import CLI_DTYPES, DiTConfig
 from liveedit_jax.mask_cache import CacheOn
 from liveedit_jax.streaming import Refresh
 from liveedit_jax.taehv import TAEHVConfig
@@ -30,3 +31,18 @@ def test_stream_options_offer_exactly_the_config_literals():
   choices = {action.dest: tuple(action.choices) for action in group._group_actions if action.choices}
   assert choices["cache_on"] == typing.get_args(CacheOn) == ("self_attn", "ffn", "none")
   assert choices["refresh"] == typing.get_args(Refresh) == ("clean", "none")
+
+
+CLIS_WITH_DTYPE = ["convert.umt5", "convert.wan_vae", "convert.taehv", "convert.wan_dit", "train.prepare_data",
+                   "liveedit_jax.stream", "liveedit_jax.evaluate", "liveedit_jax.serve", "liveedit_jax.bench.vae",
+                   "liveedit_jax.bench.e2e", "liveedit_jax.bench.stream"]
+
+
+@pytest.mark.parametrize("module", CLIS_WITH_DTYPE)
+def test_every_dtype_option_offers_the_same_choices(module, capsys):
+  """Each command line's --dtype refuses float16 at parse time, naming the shared choices (`CLI_DTYPES`)."""
+  with pytest.raises(SystemExit) as exit_info:
+    importlib.import_module(module).main(["--dtype", "float16"])
+  assert exit_info.value.code == 2
+  choices = ", ".join(f"'{d}'" for d in CLI_DTYPES)
+  assert f"argument --dtype: invalid choice: 'float16' (choose from {choices})" in capsys.readouterr().err

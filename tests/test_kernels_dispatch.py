@@ -2,6 +2,8 @@
 
 import json
 import random
+import subprocess
+import sys
 import time
 
 import jax
@@ -74,7 +76,6 @@ def test_case_of(mask, s, kv, case):
 def test_pallas_impl_is_registered_and_falls_back_to_xla_off_gpu():
   seed = random.SystemRandom().randrange(2**31)
   rng = np.random.default_rng(seed)
-  dispatch.enable()
   mask = AttentionMask("chunk_causal", 7)
   q, k, v = (jnp.asarray(rng.standard_normal((1, 30, 2, 16)), jnp.float32) for _ in range(3))
   got = attention(q, k, v, mask=mask, impl="pallas")
@@ -82,8 +83,8 @@ def test_pallas_impl_is_registered_and_falls_back_to_xla_off_gpu():
 
 
 def test_fused_ops_register_and_fall_back_to_xla_off_gpu():
-  """enable() gives liveedit_jax.fused a "pallas" version of each op; off GPU it is the reference, exactly."""
-  dispatch.enable()
+  """Importing dispatch gives liveedit_jax.fused a "pallas" version of each op; off GPU it is the reference,
+  exactly. A family without the op raises instead of running the reference."""
   assert fused._IMPLS[("pallas", "modulated_layer_norm")] is dispatch.pallas_modulated_layer_norm
   assert fused._IMPLS[("pallas", "rms_norm_rope")] is dispatch.pallas_rms_norm_rope
   seed = random.SystemRandom().randrange(2**31)
@@ -100,11 +101,44 @@ def test_fused_ops_register_and_fall_back_to_xla_off_gpu():
                                 fused.rms_norm_rope_reference(proj, scale[0, 0, 0], cos, sin, num_heads=2, eps=1e-6))
   with pytest.raises(ValueError, match="unknown fused op"):
     fused.register_fused_impl("pallas", "layer_norm", lambda x: x)
+  with pytest.raises(ValueError, match="modulated_layer_norm: implementation family 'mosaic' is not available"):
+    fused.modulated_layer_norm(x, shift, scale, eps=1e-6, out_dtype=jnp.bfloat16, impl="mosaic")
+  with pytest.raises(ValueError, match="attention implementation 'mosaic' is not available"):
+    attention(x, x, x, impl="mosaic")
+
+
+PALLAS_WITHOUT_ENABLE = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from liveedit_jax import fused
+from liveedit_jax.attention import AttentionMask, attention, attention_reference
+assert "liveedit_kernels.dispatch" not in sys.modules
+rng = np.random.default_rng(int(sys.argv[1]))
+q, k, v = (jnp.asarray(rng.standard_normal((1, 30, 2, 16)), jnp.float32) for _ in range(3))
+mask = AttentionMask("chunk_causal", 7)
+np.testing.assert_array_equal(jax.jit(lambda *a: attention(*a, mask=mask, impl="pallas"))(q, k, v),
+                              attention_reference(q, k, v, mask.dense(30, 30)))
+assert "liveedit_kernels.dispatch" in sys.modules
+x = q.reshape(1, 2, 15, 32)
+shift, scale = (jnp.asarray(rng.standard_normal((1, 2, 1, 32)), jnp.float32) for _ in range(2))
+np.testing.assert_array_equal(
+    fused.modulated_layer_norm(x, shift, scale, eps=1e-6, out_dtype=jnp.bfloat16, impl="pallas"),
+    fused.modulated_layer_norm_reference(x, shift, scale, eps=1e-6, out_dtype=jnp.bfloat16))
+print("ok")
+"""
+
+
+def test_pallas_needs_no_enable_call():
+  """A fresh process that never imports liveedit_kernels: attention and the fused norms with impl "pallas" load
+  the dispatch on first use (and, off GPU, give the reference exactly)."""
+  seed = random.SystemRandom().randrange(2**31)
+  done = subprocess.run([sys.executable, "-c", PALLAS_WITHOUT_ENABLE, str(seed)], capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0 and done.stdout.strip() == "ok", f"seed {seed}: {done.stderr[-2000:]}"
 
 
 def test_dit_config_selects_pallas():
   """DiTConfig(attention="pallas") runs the chunk-causal DiT through the registered implementation."""
-  dispatch.enable()
   seed = random.SystemRandom().randrange(2**31)
   rng = np.random.default_rng(seed)
   cfg = DiTConfig.preset("tiny")

@@ -26,6 +26,7 @@ from typing import Iterator
 import numpy as np
 
 from liveedit_jax import cli
+from liveedit_jax.config import CLI_DTYPES
 from liveedit_jax.synthetic import SPLITS
 from train.configs import TRAIN_PRESETS, TrainConfig
 from train.shards import ShardWriter
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--workers", type=int, default=0,
                       help="--synthetic-edits render processes, 0: one per CPU core, 1: none (default: %(default)s)")
   parser.add_argument("--shard-size", type=int, default=256)
-  parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="storage dtype")
+  parser.add_argument("--dtype", choices=CLI_DTYPES, default="bfloat16", help="storage dtype")
   args = parser.parse_args(argv)
   # Checked before the encoders load and the examples are made: ShardWriter would refuse --out only then.
   if Path(args.out).exists():

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from liveedit_jax import cli, stream
-from liveedit_jax.config import DiTConfig
+from liveedit_jax.config import CLI_DTYPES, DiTConfig
 from liveedit_jax.dit import init_dit_params
 from liveedit_jax.param_io import save_params
 from liveedit_jax.taehv import KIND as TAEHV_KIND
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
   for side in ("encoder", "decoder"):
     parser.add_argument(f"--{side}-preset", choices=sorted(TAEHV_PRESETS),
                         help=f"a TAEHV preset as the {side} instead of the Wan VAE's (taew2_1: Wan 2.1's latents)")
-  parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  parser.add_argument("--dtype", default="bfloat16", choices=CLI_DTYPES)
   parser.add_argument("--height", type=int, default=480)
   parser.add_argument("--width", type=int, default=832)
   parser.add_argument("--frames", type=int, default=81)

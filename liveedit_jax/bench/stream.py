@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from liveedit_jax import cli
 from liveedit_jax.bench.timing import peak_memory_gib
-from liveedit_jax.config import AttentionImpl, DiTConfig
+from liveedit_jax.config import CLI_DTYPES, AttentionImpl, DiTConfig
 from liveedit_jax.dit import init_dit_params
 from liveedit_jax.mask_cache import CacheOn, MaskCacheConfig, StaticKV
 from liveedit_jax.streaming import Refresh, StreamConfig, init_stream, stream_step
@@ -74,9 +74,9 @@ def run_variant(config: DiTConfig, params, options: StreamConfig, latent_hw, chu
 def main(argv: list[str] | None = None) -> None:
   parser = cli.ArgumentParser(prog="python -m liveedit_jax.bench stream", description=__doc__)
   parser.add_argument("--config", default="liveedit-1.3b")
-  parser.add_argument("--dtype", default="bfloat16")
+  parser.add_argument("--dtype", default="bfloat16", choices=CLI_DTYPES)
   parser.add_argument("--attention", default="auto", choices=typing.get_args(AttentionImpl),
-                      help="pallas: liveedit_kernels.dispatch.enable() (this GPU's measured table) first")
+                      help="pallas: the kernels of liveedit_kernels/ this GPU measured fastest")
   parser.add_argument("--height", type=int, default=480, help="video height (latent = /8)")
   parser.add_argument("--width", type=int, default=832)
   parser.add_argument("--cache-frames", type=int, default=18)
@@ -88,9 +88,6 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--warmup", type=int, default=2)
   args = parser.parse_args(argv)
 
-  if args.attention == "pallas":
-    import liveedit_kernels.dispatch
-    liveedit_kernels.dispatch.enable()
   config = DiTConfig.preset(args.config, compute_dtype=args.dtype, param_dtype=args.dtype, attention=args.attention)
   params = init_dit_params(config, jax.random.key(0))
   latent_hw = (args.height // 8, args.width // 8)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from liveedit_jax import cli
+from liveedit_jax.config import CLI_DTYPES
 from liveedit_jax.bench.timing import compile_seconds, peak_memory_gib, time_call
 from liveedit_jax.vae import VAEConfig, init_vae_params, init_vae_stream, vae_decode_step, vae_encode_step
 
@@ -28,7 +29,7 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--tiny", action="store_true", help="tiny preset, float32, 64×64 unless given")
   parser.add_argument("--height", type=int, help="pixels, a multiple of 8 (default 480; 64 with --tiny)")
   parser.add_argument("--width", type=int, help="pixels, a multiple of 8 (default 832; 64 with --tiny)")
-  parser.add_argument("--dtype", choices=("bfloat16", "float32"), help="compute dtype (default bfloat16; "
+  parser.add_argument("--dtype", choices=CLI_DTYPES, help="compute dtype (default bfloat16; "
                       "float32 with --tiny)")
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--latents", type=int, default=3, help="latent frames per chunk")
