@@ -9,5 +9,5 @@ from liveedit_jax.umt5 import (UMT5_PRESETS, TextEncoder, UMT5Config, encode_pro
                                text_encoder_identity)
 from liveedit_jax.vae import (VAE_PRESETS, VAEConfig, VAEStreamState, init_vae_params, init_vae_stream, load_vae,
                               vae_decode, vae_decode_step, vae_encode, vae_encode_step)
-from liveedit_jax.streaming import StreamConfig, StreamState, init_stream, stream_step
+from liveedit_jax.stream_step import StreamConfig, StreamState, init_stream, stream_step
 from liveedit_jax.prompt_switch import History, empty_history, push_history, switch_prompt

@@ -1,6 +1,6 @@
 """An attention probe: how a block's queries spread their self-attention over key frames, per head.
 
-For chosen layers, `dit_forward(..., probe=ProbeConfig(layers=(0, 5)))` and `streaming.stream_probe` also return a
+For chosen layers, `dit_forward(..., probe=ProbeConfig(layers=(0, 5)))` and `stream_step.stream_probe` also return a
 `ProbeStats`: for every query frame and key frame, the attention probability the frame's queries give that key
 frame's keys (summed over the keys, averaged over the queries), per head, and optionally the part of it that falls
 within a spatial radius of the query. Notebooks read it through `mass_by_distance` and `past_frame_entropy`

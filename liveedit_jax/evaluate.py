@@ -84,7 +84,7 @@ from liveedit_jax.sampler import sample_edit
 from liveedit_jax.schedule import GENERATOR_SHIFT
 from liveedit_jax.stream import (add_autoencoder_options, add_stream_options, check_decoder, decode_chunk, decoder_dir,
                                  encode_chunk, stream_options)
-from liveedit_jax.streaming import StreamConfig, init_stream, stream_step
+from liveedit_jax.stream_step import StreamConfig, init_stream, stream_step
 from liveedit_jax.umt5 import TextEncoder, UMT5Config, encode_prompts, load_text_encoder
 from liveedit_jax.vae import init_vae_stream, load_vae  # noqa: F401 (notebooks/cache_placement.ipynb reads them here)
 from liveedit_jax.video_io import open_writer, to_float, to_uint8

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import Params, text_kv_per_layer
 from liveedit_jax.kv_cache import KVCache
-from liveedit_jax.streaming import StreamState, chunk_forward
+from liveedit_jax.stream_step import StreamState, chunk_forward
 
 
 @flax.struct.dataclass

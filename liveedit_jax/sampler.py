@@ -1,6 +1,6 @@
 """Many-step flow-matching sampling with classifier-free guidance, for evaluating Stage 1 and 2 models.
 
-The distilled 4-step generator streams with `streaming.stream_step`; the bidirectional (Stage 1) and chunk-causal
+The distilled 4-step generator streams with `stream_step.stream_step`; the bidirectional (Stage 1) and chunk-causal
 teacher-forcing (Stage 2) models are evaluated here with Wan's sampler grid and guidance: 50 steps × 2 forwards =
 100 NFE. The chunk-causal model denoises all chunks together under its chunk-causal mask (every chunk at the same
 t), which its training admits since each chunk sees only itself and earlier chunks.

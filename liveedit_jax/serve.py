@@ -87,7 +87,7 @@ from liveedit_jax.config import CLI_DTYPES
 from liveedit_jax.placement import Placement, abstract, born_on, plan
 from liveedit_jax.prompt_cache import PromptCache
 from liveedit_jax.prompt_switch import History
-from liveedit_jax.streaming import StreamConfig, StreamState, init_stream
+from liveedit_jax.stream_step import StreamConfig, StreamState, init_stream
 from liveedit_jax.umt5 import encode_prompts, load_text_encoder, text_encoder_identity
 from liveedit_jax.video_io import to_uint8
 

@@ -1,5 +1,5 @@
 """Streaming video editing from the command line: read frames, edit them chunk by chunk, write them as they come.
-(The jitted step it runs per chunk is `streaming.py`'s `stream_step`.)
+(The jitted step it runs per chunk is `stream_step.py`'s `stream_step`.)
 
     python -m liveedit_jax.stream --input synthetic:7 --output out.mp4 --side-by-side   # the default model
     python -m liveedit_jax.stream --input in.mp4 --output out.mp4 --prompt "make the red circle blue"
@@ -136,7 +136,7 @@ from liveedit_jax.mask_cache import CacheOn, MaskCacheConfig
 from liveedit_jax.placement import Placement, abstract, born_on, plan
 from liveedit_jax.prompt_cache import PromptCache
 from liveedit_jax.prompt_switch import History, push_history
-from liveedit_jax.streaming import Refresh, StreamConfig, StreamState, init_stream, stream_step
+from liveedit_jax.stream_step import Refresh, StreamConfig, StreamState, init_stream, stream_step
 from liveedit_jax.tokenizer import SPIECE_FILE, TOKENIZER_JSON, Tokenizer, clean_prompt
 from liveedit_jax.umt5 import encode_prompts, load_text_encoder, text_encoder_identity
 from liveedit_jax.video_io import (FrameReader, RawWriter, VideoIOError, VideoWriter, count_frames, is_raw,

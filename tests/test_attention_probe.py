@@ -21,9 +21,9 @@ from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import dit_forward, init_dit_params
 from liveedit_jax.kv_cache import KVCache
 from liveedit_jax.mask_cache import MaskCacheConfig
-from liveedit_jax.streaming import StreamConfig, advance, chunk_forward, init_stream, stream_forward, stream_probe
+from liveedit_jax.stream_step import StreamConfig, advance, chunk_forward, init_stream, stream_forward, stream_probe
 from tests.numerics import FP32_RTOL, rel_err
-from tests.test_streaming import _context, _latents  # the same tiny config's prompt and latents
+from tests.test_stream_step import _context, _latents  # the same tiny config's prompt and latents
 
 CFG = DiTConfig.preset("tiny")
 H, W = 4, 6  # latent size: 2×3 patches, P = 6 tokens per frame
@@ -155,7 +155,7 @@ def test_probe_is_not_traced_when_off(params, monkeypatch):
   monkeypatch.setattr(attention_probe, "key_frame_mass", fail)
   for name in ("instrument", "collect", "frame_visibility", "cache_key_frames"):
     monkeypatch.setattr(f"liveedit_jax.dit.{name}", fail, raising=False)
-    monkeypatch.setattr(f"liveedit_jax.streaming.{name}", fail, raising=False)
+    monkeypatch.setattr(f"liveedit_jax.stream_step.{name}", fail, raising=False)
   rng = np.random.default_rng(0)
   x, ctx = _latents(rng, 1, 6, H, W, 32), _context(rng)
   for kwargs in ({}, {"chunk_frames": CHUNK}, {"chunk_frames": CHUNK, "clean_x": x}):

@@ -9,7 +9,7 @@ import pytest
 from liveedit_jax import stream
 from liveedit_jax.config import CLI_DTYPES, DiTConfig
 from liveedit_jax.mask_cache import CacheOn
-from liveedit_jax.streaming import Refresh
+from liveedit_jax.stream_step import Refresh
 from liveedit_jax.taehv import TAEHVConfig
 from liveedit_jax.umt5 import UMT5Config
 from liveedit_jax.vae import VAEConfig

@@ -23,7 +23,7 @@ from liveedit_jax import autoencoders, evaluate, synthetic
 from liveedit_jax.dit import load_dit
 from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.sampler import sample_edit
-from liveedit_jax.streaming import StreamConfig, init_stream, stream_step
+from liveedit_jax.stream_step import StreamConfig, init_stream, stream_step
 from liveedit_jax.umt5 import KIND as UMT5_KIND
 from liveedit_jax.umt5 import encode_prompts, load_text_encoder
 from liveedit_jax.vae import load_vae

@@ -9,7 +9,7 @@ import pytest
 
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.mask_cache import MaskCacheConfig, chunk_token_indices, mask_iou, select_active, token_distance
-from liveedit_jax.streaming import StreamConfig, _stream_step, init_stream, stream_step
+from liveedit_jax.stream_step import StreamConfig, _stream_step, init_stream, stream_step
 from tests.random_params import random_dit_params
 
 CFG = DiTConfig.preset("tiny")

@@ -13,7 +13,7 @@ from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import text_kv_per_layer
 from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.prompt_switch import empty_history, push_history, switch_prompt
-from liveedit_jax.streaming import StreamConfig, advance, chunk_forward, init_stream, stream_step
+from liveedit_jax.stream_step import StreamConfig, advance, chunk_forward, init_stream, stream_step
 from tests.numerics import FP32_RTOL, rel_err
 from tests.random_params import random_dit_params
 

@@ -35,7 +35,7 @@ from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import init_dit_params, load_dit
 from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.prompt_cache import PromptCache
-from liveedit_jax.streaming import StreamConfig, init_stream, stream_step
+from liveedit_jax.stream_step import StreamConfig, init_stream, stream_step
 from liveedit_jax.umt5 import UMT5Config, text_encoder_identity
 from liveedit_jax.vae import VAEConfig, init_vae_params, load_vae
 

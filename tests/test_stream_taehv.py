@@ -21,7 +21,7 @@ import pytest
 from liveedit_jax import autoencoders, evaluate, param_io, stream, synthetic, taehv
 from liveedit_jax.dit import load_dit
 from liveedit_jax.mask_cache import MaskCacheConfig
-from liveedit_jax.streaming import StreamConfig, init_stream, stream_step
+from liveedit_jax.stream_step import StreamConfig, init_stream, stream_step
 from liveedit_jax.umt5 import encode_prompts, load_text_encoder
 from liveedit_jax.vae import load_vae, vae_decode, vae_encode
 from liveedit_jax.video_io import to_float, to_uint8

@@ -15,7 +15,7 @@ from tests.random_params import random_dit_params
 from train.configs import TrainConfig
 from train.losses import dmd_generator_loss, dmd_objective, drop_text, predict_x0
 from liveedit_jax.mask_cache import MaskCacheConfig
-from liveedit_jax.streaming import StreamConfig, chunk_forward, init_stream, stream_step
+from liveedit_jax.stream_step import StreamConfig, chunk_forward, init_stream, stream_step
 from train.rollout import exit_forward, rollout
 from train.step import RNG_IMPL
 

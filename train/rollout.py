@@ -3,13 +3,13 @@
 Each chunk of `chunk_frames` latent frames starts from noise and runs the generator's denoising steps against the
 KV cache of the chunks before it, re-noising with fresh ε between steps. The rollout stops at an exit step k*,
 drawn once and shared by every chunk; the chunk's output is that step's x̂0. The cache is then refreshed with the
-chunk's K/V from a forward on x̂0 at t = 0, as streaming inference does (`liveedit_jax.streaming`).
+chunk's K/V from a forward on x̂0 at t = 0, as streaming inference does (`liveedit_jax.stream_step`).
 
 Gradients reach chunk c only through its exit-step forward: the earlier steps and the cached K/V are constants,
 while the exit forward's own K/V, its text K/V and its weights are differentiated (spec §8.9: the text K/V must
 keep their gradient). The rollout runs in two phases:
   1. `rollout`: every forward without gradient, a `lax.scan` over chunks, each forward against a `KVCache`
-     (`streaming.chunk_forward`, the streaming step's forward). It returns the samples, each chunk's exit-step
+     (`stream_step.chunk_forward`, the streaming step's forward). It returns the samples, each chunk's exit-step
      input and the final cache.
   2. `exit_forward`: the exit-step forwards of all chunks at once, with gradient: one `dit_forward` under the
      `PrefixAttention` plan, where chunk c's queries attend to its own keys and to rows [0, c·chunk) of the final
@@ -42,7 +42,7 @@ from liveedit_jax.kv_cache import KVCache
 from liveedit_jax.mask_cache import MaskCacheConfig, chunk_token_indices, select_active, token_distance
 from liveedit_jax.plans import Plan
 from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, x0_from_flow
-from liveedit_jax.streaming import chunk_forward
+from liveedit_jax.stream_step import chunk_forward
 
 
 class Rollout(NamedTuple):

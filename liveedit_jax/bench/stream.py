@@ -26,7 +26,7 @@ from liveedit_jax.bench.timing import peak_memory_gib
 from liveedit_jax.config import CLI_DTYPES, AttentionImpl, DiTConfig
 from liveedit_jax.dit import init_dit_params
 from liveedit_jax.mask_cache import CacheOn, MaskCacheConfig, StaticKV
-from liveedit_jax.streaming import Refresh, StreamConfig, init_stream, stream_step
+from liveedit_jax.stream_step import Refresh, StreamConfig, init_stream, stream_step
 
 
 def _timed_chunks(config, params, state, source, n):

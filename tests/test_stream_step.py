@@ -12,7 +12,7 @@ from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import dit_forward
 from liveedit_jax.mask_cache import MaskCacheConfig
 from liveedit_jax.schedule import TRAIN_TIMESTEPS, add_noise, x0_from_flow
-from liveedit_jax.streaming import (StreamConfig, _stream_step, advance, init_stream, stream_forward,
+from liveedit_jax.stream_step import (StreamConfig, _stream_step, advance, init_stream, stream_forward,
                                     stream_step)
 from tests.numerics import FP32_RTOL, rel_err
 from tests.random_params import random_dit_params
