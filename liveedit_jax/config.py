@@ -15,12 +15,13 @@ from typing import Any, ClassVar, Literal, Mapping, get_args
 
 import jax.numpy as jnp
 
-AttentionImpl = Literal["auto", "xla", "cudnn", "pallas"]
+# The kernels a DiT runs: its attention calls and the fused norms of liveedit_jax.fused (`DiTConfig.kernels`).
+KernelFamily = Literal["auto", "xla", "cudnn", "pallas"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 # The `--dtype` choices of every command line (compute or storage): float16 stays a config-only option, since no
 # checkpoint or kernel of this project is tested in it.
 CLI_DTYPES = ("bfloat16", "float32")
-_ATTENTION_IMPLS = get_args(AttentionImpl)
+_KERNEL_FAMILIES = get_args(KernelFamily)
 _DTYPES = get_args(Dtype)
 
 
@@ -33,6 +34,7 @@ class PresetConfig:
   __slots__ = ()
   LABEL: ClassVar[str] = "model"
   PRESETS: ClassVar[Mapping[str, Any]] = {}
+  RENAMED: ClassVar[Mapping[str, str]] = {}  # old field name → new, for directories written before a rename
 
   def replace(self, **overrides: Any):
     return dataclasses.replace(self, **overrides)
@@ -56,7 +58,9 @@ class PresetConfig:
 
   @classmethod
   def from_dict(cls, fields: Mapping[str, Any]):
-    """The inverse of `to_dict` (JSON lists back to tuples); unknown fields are named."""
+    """The inverse of `to_dict` (JSON lists back to tuples; fields under an old name in `RENAMED` renamed); unknown
+    fields are named."""
+    fields = {cls.RENAMED.get(k, k): v for k, v in fields.items()}
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - set(known))
     if unknown:
@@ -73,6 +77,8 @@ class DiTConfig(PresetConfig):
   """
 
   LABEL: ClassVar[str] = "DiT"
+  # "attention" until it also named the fused norms: the shipped default model's config.json still says so
+  RENAMED: ClassVar[Mapping[str, str]] = {"attention": "kernels"}
 
   name: str = "wan2.1-t2v-1.3b"
   in_channels: int = 16
@@ -92,9 +98,9 @@ class DiTConfig(PresetConfig):
   compute_dtype: str = "float32"  # matmul dtype; norms, modulation and residuals stay float32
   param_dtype: str = "float32"
   remat: bool = False  # rematerialise each block in the backward pass
-  # "auto": cuDNN on GPU, XLA elsewhere; "pallas": the measured fastest of liveedit_kernels/ for the attention calls and
-  # the fused norms of liveedit_jax.fused (after liveedit_kernels.dispatch.enable())
-  attention: AttentionImpl = "auto"
+  # The attention calls' and the fused norms' implementations. "auto": cuDNN attention on GPU, XLA elsewhere, XLA
+  # norms ("cudnn" and "xla" likewise); "pallas": the measured fastest of liveedit_kernels/ for both
+  kernels: KernelFamily = "auto"
 
   def __post_init__(self):
     if self.dim % self.num_heads:
@@ -106,8 +112,8 @@ class DiTConfig(PresetConfig):
           f"{self.name}: in_channels must be latent_channels ({self.latent_channels}) for text-to-video or "
           f"2*latent_channels ({2 * self.latent_channels}) for editing, got {self.in_channels}")
     self.check_dtypes()
-    if self.attention not in _ATTENTION_IMPLS:
-      raise ValueError(f"{self.name}: attention must be one of {_ATTENTION_IMPLS}, got {self.attention!r}")
+    if self.kernels not in _KERNEL_FAMILIES:
+      raise ValueError(f"{self.name}: kernels must be one of {_KERNEL_FAMILIES}, got {self.kernels!r}")
 
   @property
   def head_dim(self) -> int:

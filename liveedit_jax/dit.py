@@ -149,7 +149,7 @@ class Attention(nn.Module):
 
   def _norm_rope(self, projected: jax.Array, norm: RMSNorm, cos: jax.Array, sin: jax.Array) -> jax.Array:
     cfg = self.config
-    return rms_norm_rope(projected, norm.scale, cos, sin, num_heads=cfg.num_heads, eps=cfg.eps, impl=cfg.attention)
+    return rms_norm_rope(projected, norm.scale, cos, sin, num_heads=cfg.num_heads, eps=cfg.eps, impl=cfg.kernels)
 
   def project_out(self, o: jax.Array) -> jax.Array:
     """o [B, T, N, E] → [B, T, D] float32."""
@@ -200,7 +200,7 @@ class Block(nn.Module):
   def self_attention_input(self, x: jax.Array, m: list[jax.Array]) -> jax.Array:
     """Modulated LayerNorm of x [B, F, P, D] float32, in the compute dtype (what the projections read)."""
     cfg = self.config
-    return modulated_layer_norm(x, m[0], m[1], eps=cfg.eps, out_dtype=cfg.dtype, impl=cfg.attention)
+    return modulated_layer_norm(x, m[0], m[1], eps=cfg.eps, out_dtype=cfg.dtype, impl=cfg.kernels)
 
   def self_attention_qkv(self, u: jax.Array, cos: jax.Array, sin: jax.Array):
     """u [B, F, P, D] → roped q, k and v, each [B, F·P, N, E] in the compute dtype."""
@@ -213,7 +213,7 @@ class Block(nn.Module):
     b, f, p, d = x.shape
     u = self.norm3(x).reshape(b, f * p, d)
     q = self.cross_attn.project_q(u).astype(self.config.dtype)
-    return self.cross_attn.project_out(attention(q, text_k, text_v, impl=self.config.attention)).reshape(b, f, p, d)
+    return self.cross_attn.project_out(attention(q, text_k, text_v, impl=self.config.kernels)).reshape(b, f, p, d)
 
   def text_kv(self, context: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Embedded text [B, L, D] → this block's cross-attention (k, v), each [B, L, N, E] compute dtype."""
@@ -223,7 +223,7 @@ class Block(nn.Module):
   def feed_forward_input(self, x: jax.Array, m: list[jax.Array]) -> jax.Array:
     """Modulated LayerNorm of x [B, F, P, D] before the FFN, in the compute dtype."""
     cfg = self.config
-    return modulated_layer_norm(x, m[3], m[4], eps=cfg.eps, out_dtype=cfg.dtype, impl=cfg.attention)
+    return modulated_layer_norm(x, m[3], m[4], eps=cfg.eps, out_dtype=cfg.dtype, impl=cfg.kernels)
 
   def __call__(self, x, e0, text_k, text_v, cos, sin, plan: Plan):
     """x [B, F, P, D] float32, cos/sin [F·P, E/2], text K/V [B, L, N, E] → (x, what the plan keeps of this layer).
@@ -263,7 +263,7 @@ class Head(nn.Module):
 @functools.partial(jax.jit, static_argnums=0)
 def init_dit_params(config: DiTConfig, key: jax.Array) -> Params:
   """Fresh parameters with Wan's initialisation. Works under `jax.eval_shape` (no allocation)."""
-  cfg = dataclasses.replace(config, attention="xla")  # the same parameters; the XLA ops batch under the vmap
+  cfg = dataclasses.replace(config, kernels="xla")  # the same parameters; the XLA ops batch under the vmap
   pt, ph, pw = cfg.patch_size
   keys = jax.random.split(key, 5)
   x = jnp.zeros((1, pt, ph, pw, cfg.in_channels))

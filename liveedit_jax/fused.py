@@ -5,7 +5,7 @@
                          self-attention
 
 Each runs Wan's float32 math and returns the compute dtype. `impl` names an implementation family, the model's
-`DiTConfig.attention`: the built-in attention families ("auto", "xla", "cudnn") have no fused version and run the
+`DiTConfig.kernels`: the built-in attention families ("auto", "xla", "cudnn") have no fused version and run the
 XLA reference here; "pallas" (`liveedit_kernels.dispatch`, imported on first use) runs the jax-triton kernels of
 `liveedit_kernels/` where they were measured faster. Any other family must have registered the op, or the call
 raises: a missing kernel never turns silently into the reference.

@@ -170,7 +170,7 @@ class RoutedSelfAttention(WrappedAttention):
       k_active, v_active = attn.project_kv(u_active)
       k_raw, v = _put(self.k, self.tokens, k_active), _put(self.v, self.tokens, v_active)
     dt = block.config.dtype
-    o, kept = self.attend(q, apply_rope(k_raw, cos, sin).astype(dt), v.astype(dt), block.config.attention)
+    o, kept = self.attend(q, apply_rope(k_raw, cos, sin).astype(dt), v.astype(dt), block.config.kernels)
     y = _put(self.out, self.tokens, attn.project_out(o))
     if self.static_kv == "recompute":
       return y, (kept, (y, self.k, self.v))

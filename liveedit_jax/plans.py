@@ -61,7 +61,7 @@ class Plan:
   def self_attention(self, block: Block, u: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, Any]:
     """u [B, F, P, D] (the modulated norm) → (the self-attention update [B, F·P, D] before its gate, kept)."""
     q, k, v = block.self_attention_qkv(u, cos, sin)
-    o, kept = self.attend(q, k, v, block.config.attention)
+    o, kept = self.attend(q, k, v, block.config.kernels)
     return block.self_attn.project_out(o), kept
 
   def feed_forward(self, block: Block, u: jax.Array) -> tuple[jax.Array, Any]:

@@ -27,8 +27,8 @@ writing overlap. `--sync-stages` instead waits for each stage and reads, edits a
 for the first chunk and once for the rest (concurrently, in a thread pool), with its state donated, so a stream of any
 length runs at constant memory and no chunk waits for a compile. The compiled programs are kept in JAX's persistent
 compilation cache, $XDG_CACHE_HOME/liveedit_jax/jax_cache (~/.cache/... without XDG_CACHE_HOME), so a second run reads
-them from disk instead of compiling (`--no-compile-cache`: neither read nor written). `--attention` picks the DiT's
-attention implementation (pallas: the kernels of liveedit_kernels/ measured fastest on this GPU). A partial last chunk
+them from disk instead of compiling (`--no-compile-cache`: neither read nor written). `--kernels` picks the DiT's
+attention and norm kernels (pallas: the kernels of liveedit_kernels/ measured fastest on this GPU). A partial last chunk
 is padded by repeating its last frame and only its real frames are written. The prompt is embedded once before
 streaming (through the prompt cache when given, so the 11 GB text encoder is loaded only on a miss and freed before
 the DiT loads), or a precomputed [1, L, text_dim] embedding is read (`--context`).
@@ -130,7 +130,7 @@ import numpy as np
 
 from liveedit_jax import autoencoders, cli, default_model, prompt_switch
 from liveedit_jax.autoencoders import Autoencoder, AutoencoderState, Chunking
-from liveedit_jax.config import CLI_DTYPES, AttentionImpl, DiTConfig
+from liveedit_jax.config import CLI_DTYPES, KernelFamily, DiTConfig
 from liveedit_jax.dit import load_dit
 from liveedit_jax.mask_cache import CacheOn, MaskCacheConfig
 from liveedit_jax.placement import Placement, abstract, born_on, plan
@@ -194,9 +194,9 @@ def check_decoder(args: argparse.Namespace, encoder: autoencoders.Config) -> aut
 def add_run_options(group: argparse._ArgumentGroup) -> argparse._ArgumentGroup:
   """How the stream runs (attention kernels, stage overlap, compilation cache), shared with `python -m
   liveedit_jax.bench e2e`; `main` applies them."""
-  group.add_argument("--attention", choices=typing.get_args(AttentionImpl), default="auto",
-                     help="the DiT's attention: auto is cuDNN on GPU and XLA elsewhere; pallas the measured fastest "
-                     "of liveedit_kernels/ on this GPU")
+  group.add_argument("--kernels", choices=typing.get_args(KernelFamily), default="auto",
+                     help="the DiT's attention and norm kernels: auto is cuDNN attention on GPU and XLA elsewhere; "
+                     "pallas the measured fastest of liveedit_kernels/ on this GPU")
   group.add_argument("--sync-stages", action="store_true",
                      help="wait for each stage of a chunk and give its ms (for profiling), instead of overlapping "
                      "reading, the device's work and writing")
@@ -357,8 +357,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.error(f"--max-frames must be positive, got {args.max_frames}")
   if args.fps is not None and args.fps <= 0:
     parser.error(f"--fps must be positive, got {args.fps}")
-  if args.attention in ("cudnn", "pallas") and jax.default_backend() != "gpu":
-    parser.error(f"--attention {args.attention} runs on a GPU only; JAX runs on {jax.default_backend()} here (use "
+  if args.kernels in ("cudnn", "pallas") and jax.default_backend() != "gpu":
+    parser.error(f"--kernels {args.kernels} runs on a GPU only; JAX runs on {jax.default_backend()} here (use "
                  f"auto or xla)")
   try:
     args.placement = plan(args.devices)
@@ -885,7 +885,7 @@ def run_stream(models: Models, steps: Steps, state: StreamState, ae_state: Autoe
 
 def load_models(args: argparse.Namespace, dtype: str, encoder: autoencoders.Config,
                 decoder: autoencoders.Config) -> Models:
-  """The DiT (with --attention) and the autoencoders in `dtype`, each between two status lines and loaded onto its
+  """The DiT (with --kernels) and the autoencoders in `dtype`, each between two status lines and loaded onto its
   device (args.placement); `encoder`, `decoder`: their configs (`check_decoder`), for their names. One directory
   that encodes and decodes loads once."""
   dirs, devices = args.models, args.placement
@@ -897,7 +897,7 @@ def load_models(args: argparse.Namespace, dtype: str, encoder: autoencoders.Conf
     sides.append((args.decoder, f"the {autoencoders.kind_of(decoder).noun} decoder"))
   loaded = [load_logged(name, path, lambda path=path: Autoencoder(**born_on(devices.autoencoder, lambda: vars(
       autoencoders.load(path, compute_dtype=dtype)))), lambda m: m.params) for path, name in sides]
-  return Models(dit[0].replace(attention=args.attention), dit[1], loaded[0], loaded[-1])
+  return Models(dit[0].replace(kernels=args.kernels), dit[1], loaded[0], loaded[-1])
 
 
 def main(argv: list[str] | None = None) -> None:

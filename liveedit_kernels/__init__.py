@@ -11,6 +11,6 @@
   dispatch          attention impl "pallas": the fastest measured path per case (`enable(table)` ranks by another table)
   bench             `python -m liveedit_kernels.bench`: the measurements that table is made of
 
-liveedit_jax imports none of this statically: `DiTConfig(attention="pallas")` imports `dispatch` on its first call,
+liveedit_jax imports none of this statically: `DiTConfig(kernels="pallas")` imports `dispatch` on its first call,
 which registers the kernels with liveedit_jax.attention and liveedit_jax.fused.
 """

@@ -1,6 +1,6 @@
 """The "pallas" implementation family: per case, the fastest path measured on this kind of GPU.
 
-    cfg = DiTConfig.preset("liveedit-1.3b", attention="pallas")   # imports this module on its first attention call
+    cfg = DiTConfig.preset("liveedit-1.3b", kernels="pallas")     # imports this module on its first attention call
     liveedit_kernels.dispatch.enable("my_table.json")            # optional: rank by another measurement table
 
 A hand-written kernel earns its place only where it beats what JAX already has, so the choice is data: a table of
@@ -164,6 +164,6 @@ def enable(table: str | Path | None = None) -> Policy:
   return _ACTIVE[0]
 
 
-# "pallas" is registered on import, so `DiTConfig(attention="pallas")` works without a call to `enable`
+# "pallas" is registered on import, so `DiTConfig(kernels="pallas")` works without a call to `enable`
 # (liveedit_jax.attention imports this module the first time the family is asked for).
 _register()

@@ -46,3 +46,12 @@ def test_every_dtype_option_offers_the_same_choices(module, capsys):
   assert exit_info.value.code == 2
   choices = ", ".join(f"'{d}'" for d in CLI_DTYPES)
   assert f"argument --dtype: invalid choice: 'float16' (choose from {choices})" in capsys.readouterr().err
+
+
+def test_a_dit_config_written_before_kernels_was_named_loads():
+  """Directories converted before `DiTConfig.kernels` had its name store it as "attention" (the shipped default
+  model's config among them); they load with the same value, and a fresh round trip writes the new name."""
+  written = DiTConfig.preset("tiny", kernels="xla").to_dict()
+  old = {("attention" if k == "kernels" else k): v for k, v in written.items()}
+  assert "kernels" not in old and DiTConfig.from_dict(old) == DiTConfig.from_dict(written)
+  assert DiTConfig.from_dict(old).kernels == "xla" and "attention" not in written

@@ -61,5 +61,5 @@ def test_config_presets_and_validation():
     DiTConfig.preset("big")
   with pytest.raises(ValueError, match="in_channels must be"):
     DiTConfig.preset("tiny", in_channels=20)
-  with pytest.raises(ValueError, match="attention must be one of"):
-    DiTConfig.preset("tiny", attention="flash")
+  with pytest.raises(ValueError, match="kernels must be one of"):
+    DiTConfig.preset("tiny", kernels="flash")

@@ -56,6 +56,6 @@ def test_bf16_cudnn_dit_matches_fp32_xla():
   t = jnp.asarray(rng.uniform(0, 1000, (1, 6)), jnp.float32)
   ctx = jnp.asarray(rng.standard_normal((1, 512, 4096)), jnp.float32)
   fwd = jax.jit(dit_forward, static_argnums=0, static_argnames="chunk_frames")
-  ref = fwd(cfg.replace(attention="xla"), params, x, t, ctx, chunk_frames=3)
-  out = fwd(cfg.replace(compute_dtype="bfloat16", attention="cudnn"), params, x, t, ctx, chunk_frames=3)
+  ref = fwd(cfg.replace(kernels="xla"), params, x, t, ctx, chunk_frames=3)
+  out = fwd(cfg.replace(compute_dtype="bfloat16", kernels="cudnn"), params, x, t, ctx, chunk_frames=3)
   assert rel_err(out, ref) <= BF16_RTOL

@@ -138,7 +138,7 @@ def test_pallas_needs_no_enable_call():
 
 
 def test_dit_config_selects_pallas():
-  """DiTConfig(attention="pallas") runs the chunk-causal DiT through the registered implementation."""
+  """DiTConfig(kernels="pallas") runs the chunk-causal DiT through the registered implementation."""
   seed = random.SystemRandom().randrange(2**31)
   rng = np.random.default_rng(seed)
   cfg = DiTConfig.preset("tiny")
@@ -147,7 +147,7 @@ def test_dit_config_selects_pallas():
   ctx = jnp.asarray(rng.standard_normal((1, cfg.text_len, cfg.text_dim)), jnp.float32)
   t = jnp.asarray([500.0])
   run = jax.jit(lambda c, *a: dit_forward(c, *a, chunk_frames=2), static_argnums=0)
-  np.testing.assert_array_equal(run(DiTConfig.preset("tiny", attention="pallas"), params, x, t, ctx),
+  np.testing.assert_array_equal(run(DiTConfig.preset("tiny", kernels="pallas"), params, x, t, ctx),
                                 run(cfg, params, x, t, ctx), err_msg=f"seed {seed}")
 
 

@@ -129,7 +129,7 @@ def test_gpu_rms_norm_rope_gradients():
 
 @pytest.mark.gpu
 def test_gpu_dit_pallas_runs_the_triton_kernels(tmp_path):
-  """A bf16 chunk-causal DiT forward with attention="pallas" and a table that ranks both jax-triton kernels first:
+  """A bf16 chunk-causal DiT forward with kernels="pallas" and a table that ranks both jax-triton kernels first:
   the compiled program calls them, and the output matches cuDNN's within bf16 tolerance."""
   pytest.importorskip("jax_triton")
   seed = random.SystemRandom().randrange(2**31)
@@ -143,7 +143,7 @@ def test_gpu_dit_pallas_runs_the_triton_kernels(tmp_path):
   ctx = jnp.asarray(rng.standard_normal((1, cfg.text_len, cfg.text_dim)), jnp.float32)
   t = jnp.asarray([500.0])
   run = jax.jit(lambda c, *a: dit_forward(c, *a, chunk_frames=2), static_argnums=0)
-  pallas = DiTConfig.preset("tiny", compute_dtype="bfloat16", attention="pallas")
+  pallas = DiTConfig.preset("tiny", compute_dtype="bfloat16", kernels="pallas")
   dispatch.enable(table)
   try:
     hlo = run.lower(pallas, params, x, t, ctx).compile().as_text()
@@ -151,5 +151,5 @@ def test_gpu_dit_pallas_runs_the_triton_kernels(tmp_path):
   finally:
     dispatch.enable()
   assert hlo.count("triton_kernel_call") >= 4  # two adaLN inputs, q and k (once in the layer scan's body, or more)
-  want = run(DiTConfig.preset("tiny", compute_dtype="bfloat16", attention="cudnn"), params, x, t, ctx)
+  want = run(DiTConfig.preset("tiny", compute_dtype="bfloat16", kernels="cudnn"), params, x, t, ctx)
   assert rel_err(np.asarray(got, np.float32), np.asarray(want, np.float32)) <= BF16_RTOL, f"seed {seed}"

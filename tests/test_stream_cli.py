@@ -330,18 +330,18 @@ def test_sync_stages_writes_the_same_frames(setup, full_run, capsys):
 
 
 def test_attention_option(setup, full_run, tmp_path, capsys):
-  """--attention xla, what auto picks on a CPU, writes the same frames; without a GPU the GPU-only
+  """--kernels xla, what auto picks on a CPU, writes the same frames; without a GPU the GPU-only
   implementations are refused in one line before anything loads."""
-  stream.main(cli_args(setup, tmp_path / "xla.rgb", "--attention", "xla"))
+  stream.main(cli_args(setup, tmp_path / "xla.rgb", "--kernels", "xla"))
   np.testing.assert_array_equal(read_raw(tmp_path / "xla.rgb"), full_run)
   if jax.default_backend() == "gpu":
     return
   for impl in ("cudnn", "pallas"):
     with pytest.raises(SystemExit) as info:
-      stream.main(cli_args(setup, tmp_path / f"{impl}.rgb", "--attention", impl))
+      stream.main(cli_args(setup, tmp_path / f"{impl}.rgb", "--kernels", impl))
     assert info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"error: --attention {impl} runs on a GPU only; JAX runs on cpu here (use auto or xla) (see python -m "
+        f"error: --kernels {impl} runs on a GPU only; JAX runs on cpu here (use auto or xla) (see python -m "
         f"liveedit_jax.stream --help)")
 
 

@@ -33,7 +33,7 @@ class TrainConfig:
   model: str = "liveedit-1.3b"  # DiT preset (liveedit_jax.config.DIT_PRESETS)
   compute_dtype: str = "bfloat16"  # matmuls; master weights and optimizer state stay float32
   remat: bool = True  # rematerialise each DiT block in the backward pass
-  attention: str = "auto"
+  kernels: str = "auto"  # the DiT's (DiTConfig.kernels)
 
   # Data: shards written by `python -m train.prepare_data`; latent clip size [frames, height, width].
   data_dir: str = ""
@@ -118,9 +118,9 @@ class TrainConfig:
       raise ValueError(f"{self.name}: need 0 ≤ t_min < t_max ≤ 1000, got [{self.t_min}, {self.t_max}]")
 
   def dit(self) -> DiTConfig:
-    """The model's config with this run's precision, remat and attention settings."""
+    """The model's config with this run's precision, remat and kernel settings."""
     return DiTConfig.preset(self.model, compute_dtype=self.compute_dtype, remat=self.remat,
-                            attention=self.attention)
+                            kernels=self.kernels)
 
   def replace(self, **overrides: Any) -> "TrainConfig":
     return dataclasses.replace(self, **overrides)
@@ -137,7 +137,7 @@ class TrainConfig:
 _LIVEEDIT = TrainConfig(data_dir="data/liveedit-latents", batch_size=8, steps=9000)
 # Batch 8 splits over 8 fake CPU devices (the mesh tests); the high learning rates make a few dozen steps visible.
 _TINY = TrainConfig(
-    name="tiny", model="tiny", compute_dtype="float32", remat=False, attention="xla", data_dir="data/tiny",
+    name="tiny", model="tiny", compute_dtype="float32", remat=False, kernels="xla", data_dir="data/tiny",
     frames=6, height=4, width=4, batch_size=8, data_threads=1, workdir="runs/tiny/stage1", steps=20, log_every=1,
     checkpoint_every=10, lr=3e-3, critic_lr=3e-3, ema_start=0, gen_every=2)
 

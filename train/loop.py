@@ -63,7 +63,7 @@ def load_dit_params(path: str, config: TrainConfig, mesh: jax.sharding.Mesh) -> 
   stored = DiTConfig.from_dict(read_config(path, "dit"))
   want = config.dit()
   runtime = dict(name=want.name, compute_dtype=want.compute_dtype, param_dtype=want.param_dtype, remat=want.remat,
-                 attention=want.attention)
+                 kernels=want.kernels)
   if stored.replace(**runtime) != want:
     raise ValueError(f"{path} holds a DiT {stored}, but config {config.name!r} trains {want}")
   shapes = jax.eval_shape(lambda: init_dit_params(want, jax.random.key(0)))

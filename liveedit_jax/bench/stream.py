@@ -3,7 +3,7 @@
     python -m liveedit_jax.bench stream                          # liveedit-1.3b, bf16, 480×832, 3-frame chunks
     python -m liveedit_jax.bench stream --prune 0 0.5 0.7 0.9 --cache-on self_attn ffn --static-kv recompute reuse
     python -m liveedit_jax.bench stream --config tiny --height 64 --width 64   # CPU smoke run
-    python -m liveedit_jax.bench stream --attention pallas       # the kernels of liveedit_kernels/,
+    python -m liveedit_jax.bench stream --kernels pallas       # the kernels of liveedit_kernels/,
                                                                  # where measured faster
 
 Random weights (speed does not depend on them). One JSON line per variant (`process_peak_gib` is the peak since
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from liveedit_jax import cli
 from liveedit_jax.bench.timing import peak_memory_gib
-from liveedit_jax.config import CLI_DTYPES, AttentionImpl, DiTConfig
+from liveedit_jax.config import CLI_DTYPES, KernelFamily, DiTConfig
 from liveedit_jax.dit import init_dit_params
 from liveedit_jax.mask_cache import CacheOn, MaskCacheConfig, StaticKV
 from liveedit_jax.stream_step import Refresh, StreamConfig, init_stream, stream_step
@@ -61,7 +61,7 @@ def run_variant(config: DiTConfig, params, options: StreamConfig, latent_hw, chu
   fps = lambda ms: round(4 * options.chunk_frames / ms * 1e3, 1)  # noqa: E731
   mc = options.mask_cache
   return {
-      "bench": "stream", "config": config.name, "dtype": config.compute_dtype, "attention": config.attention,
+      "bench": "stream", "config": config.name, "dtype": config.compute_dtype, "kernels": config.kernels,
       "latent": [options.chunk_frames, h, w], "cache_frames": options.cache_frames, "refresh": options.refresh,
       "cache_on": mc.cache_on, "prune_ratio": mc.prune_ratio, "static_kv": mc.static_kv,
       "clip_ms_per_chunk": round(clip_ms, 2), "clip_fps": fps(clip_ms), "clip_chunk_ms": [round(t, 1) for t in clip],
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
   parser = cli.ArgumentParser(prog="python -m liveedit_jax.bench stream", description=__doc__)
   parser.add_argument("--config", default="liveedit-1.3b")
   parser.add_argument("--dtype", default="bfloat16", choices=CLI_DTYPES)
-  parser.add_argument("--attention", default="auto", choices=typing.get_args(AttentionImpl),
+  parser.add_argument("--kernels", default="auto", choices=typing.get_args(KernelFamily),
                       help="pallas: the kernels of liveedit_kernels/ this GPU measured fastest")
   parser.add_argument("--height", type=int, default=480, help="video height (latent = /8)")
   parser.add_argument("--width", type=int, default=832)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--warmup", type=int, default=2)
   args = parser.parse_args(argv)
 
-  config = DiTConfig.preset(args.config, compute_dtype=args.dtype, param_dtype=args.dtype, attention=args.attention)
+  config = DiTConfig.preset(args.config, compute_dtype=args.dtype, param_dtype=args.dtype, kernels=args.kernels)
   params = init_dit_params(config, jax.random.key(0))
   latent_hw = (args.height // 8, args.width // 8)
   variants = []
