@@ -103,6 +103,70 @@ def _host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
+def _start(config: TrainConfig, mesh: jax.sharding.Mesh, data: Batches, checkpoints: checkpoint.Checkpoints):
+  """(the state to train from, the frozen trees, the state's abstract shape): resumed, loaded or random."""
+  abstract = train_step.abstract_state(config, mesh)
+  start = checkpoints.latest_step()
+  state, frozen = initial_state(config, mesh, fresh=start is None)
+  if start is not None:
+    state = checkpoints.restore(start, abstract, data.restore_args())
+    log.info("resumed from %s at step %d", Path(config.workdir) / "checkpoints", start)
+  else:
+    sources = [f"{f} {getattr(config, f)}" for f in ("init", "score_init") if getattr(config, f)]
+    log.info("starting at step 0 from %s", ", ".join(sources) if sources else f"a random init (seed {config.seed})")
+  log.info("%.1f%% of the trained parameter bytes are sharded over fsdp=%d",
+           100 * sharding.sharded_fraction(state.params, jax.tree.map(lambda a: a.sharding, state.params)),
+           mesh.shape["fsdp"])
+  return state, frozen, abstract
+
+
+class _StepLog:
+  """The logged steps: host copies of their metrics with rates (steps, tokens, MFU) to TensorBoard and the
+  progress bar, and the non-finite check of every step."""
+
+  def __init__(self, config: TrainConfig, first: int, checkpoints: checkpoint.Checkpoints, primary: bool):
+    self.config, self.checkpoints = config, checkpoints
+    self.flops, self.peak = step_flops(config)["step"], peak_flops_per_device(config)
+    _, ph, pw = config.dit().patch_size
+    self.tokens_per_step = config.batch_size * config.frames * (config.height // ph) * (config.width // pw)
+    self.writer = SummaryWriter(str(Path(config.workdir) / "tensorboard")) if primary else None
+    self.bar = tqdm(total=config.steps, initial=first, disable=not primary, desc=f"stage {config.stage}")
+    self.last_time, self.last_step = time.perf_counter(), first
+    self.history: list[dict[str, float]] = []
+
+  def check(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    """Logs a skipped (non-finite) step; raises `NonFiniteError` after `max_nonfinite` in a row."""
+    streak = int(metrics["nonfinite"])
+    if streak:
+      log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, streak)
+      if self.writer:
+        self.writer.add_scalar("train/skipped", 1.0, step)
+    if streak >= self.config.max_nonfinite:
+      raise NonFiniteError(f"steps {step - streak + 1}–{step} had non-finite losses or gradients; the last "
+                           f"checkpoint ({self.checkpoints.latest_step()}) holds the last good state")
+
+  def write(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    host = _host_metrics(metrics)
+    now = time.perf_counter()
+    steps_per_s = (step - self.last_step) / (now - self.last_time)
+    self.last_time, self.last_step = now, step
+    host.update(steps_per_s=steps_per_s, tokens_per_s=steps_per_s * self.tokens_per_step, lr=self.config.lr)
+    if self.config.stage == 3:
+      host["critic_lr"] = self.config.critic_lr
+    if self.peak:
+      host["mfu"] = self.flops * steps_per_s / (self.peak * jax.device_count())
+    self.history.append({"step": step, **host})
+    self.bar.set_postfix({k: f"{host[k]:.4g}" for k in ("loss", "critic_loss", "gen_loss") if k in host})
+    if self.writer:
+      for k, v in host.items():
+        self.writer.add_scalar(f"train/{k}", v, step)
+
+  def close(self) -> None:
+    self.bar.close()
+    if self.writer:
+      self.writer.close()
+
+
 def train(config: TrainConfig, *, stop_at: int | None = None) -> list[dict[str, float]]:
   """Runs (or resumes) `config` up to `config.steps`; returns the metrics of every logged step.
 
@@ -110,51 +174,20 @@ def train(config: TrainConfig, *, stop_at: int | None = None) -> list[dict[str, 
   """
   workdir = Path(config.workdir)
   mesh = sharding.make_mesh(config.mesh_data, config.mesh_fsdp)
-  primary = jax.process_index() == 0
   data = Batches(config, mesh)
   checkpoints = checkpoint.Checkpoints(workdir / "checkpoints", config.checkpoint_every, config.keep_checkpoints)
-  abstract = train_step.abstract_state(config, mesh)
-  start = checkpoints.latest_step()
-  state, frozen = initial_state(config, mesh, fresh=start is None)
-  if start is not None:
-    state = checkpoints.restore(start, abstract, data.restore_args())
-    log.info("resumed from %s at step %d", workdir / "checkpoints", start)
-  else:
-    sources = [f"{f} {getattr(config, f)}" for f in ("init", "score_init") if getattr(config, f)]
-    log.info("starting at step 0 from %s", ", ".join(sources) if sources else f"a random init (seed {config.seed})")
-  log.info("%.1f%% of the trained parameter bytes are sharded over fsdp=%d",
-           100 * sharding.sharded_fraction(state.params, jax.tree.map(lambda a: a.sharding, state.params)),
-           mesh.shape["fsdp"])
-
+  state, frozen, abstract = _start(config, mesh, data, checkpoints)
   log.info("compiling the stage-%d step ...", config.stage)
   compile_start = time.perf_counter()
   step_fn = train_step.compile_step(config, mesh, abstract, data.abstract(), frozen)
   log.info("compiled the stage-%d step in %.1f s; memory: %s", config.stage, time.perf_counter() - compile_start,
            step_fn.memory_analysis())
 
-  flops = step_flops(config)["step"]
-  peak = peak_flops_per_device(config)
-  _, ph, pw = config.dit().patch_size
-  tokens_per_step = config.batch_size * config.frames * (config.height // ph) * (config.width // pw)
-  writer = SummaryWriter(str(workdir / "tensorboard")) if primary else None
   first = int(state.step)
   end = config.steps if stop_at is None else min(stop_at, config.steps)
-  history: list[dict[str, float]] = []
-  bar = tqdm(total=config.steps, initial=first, disable=not primary, desc=f"stage {config.stage}")
-  last_log_time, last_log_step = time.perf_counter(), first
+  steps = _StepLog(config, first, checkpoints, primary=jax.process_index() == 0)
   previous = None  # (step, metrics) of the step before: checked after the next one is dispatched
   generator_metrics: dict[str, jax.Array] = {}
-
-  def check(step: int, metrics: dict[str, jax.Array]) -> None:
-    streak = int(metrics["nonfinite"])
-    if streak:
-      log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, streak)
-      if writer:
-        writer.add_scalar("train/skipped", 1.0, step)
-    if streak >= config.max_nonfinite:
-      raise NonFiniteError(f"steps {step - streak + 1}–{step} had non-finite losses or gradients; the last "
-                           f"checkpoint ({checkpoints.latest_step()}) holds the last good state")
-
   try:
     for i in range(first, end):
       state, metrics = step_fn(state, next(data), frozen)
@@ -162,41 +195,25 @@ def train(config: TrainConfig, *, stop_at: int | None = None) -> list[dict[str, 
       if config.stage == 3 and i % config.gen_every == 0:
         generator_metrics = {k: metrics[k] for k in train_step.GENERATOR_METRICS}
       if previous is not None:
-        check(*previous)
+        steps.check(*previous)
       previous = (step, metrics)
-      bar.update(1)
+      steps.bar.update(1)
       if step % config.log_every == 0 or step == end:
-        check(*previous)
+        steps.check(*previous)
         previous = None
-        host = _host_metrics({**metrics, **generator_metrics})
-        now = time.perf_counter()
-        steps_per_s = (step - last_log_step) / (now - last_log_time)
-        last_log_time, last_log_step = now, step
-        host.update(steps_per_s=steps_per_s, tokens_per_s=steps_per_s * tokens_per_step, lr=config.lr)
-        if config.stage == 3:
-          host["critic_lr"] = config.critic_lr
-        if peak:
-          host["mfu"] = flops * steps_per_s / (peak * jax.device_count())
-        history.append({"step": step, **host})
-        bar.set_postfix({k: f"{host[k]:.4g}" for k in ("loss", "critic_loss", "gen_loss") if k in host})
-        if writer:
-          for k, v in host.items():
-            writer.add_scalar(f"train/{k}", v, step)
-      if step % config.checkpoint_every == 0 or step == config.steps:
-        if int(metrics["nonfinite"]) == 0:
-          checkpoints.save(step, state, data.save_args(), force=step == config.steps)
+        steps.write(step, {**metrics, **generator_metrics})
+      if (step % config.checkpoint_every == 0 or step == config.steps) and int(metrics["nonfinite"]) == 0:
+        checkpoints.save(step, state, data.save_args(), force=step == config.steps)
     if previous is not None:
-      check(*previous)
+      steps.check(*previous)
   finally:
-    bar.close()
+    steps.close()
     checkpoints.close()
-    if writer:
-      writer.close()
   if end == config.steps and first < end:
     trained = train_step.EMA_OF[config.stage]
     checkpoint.export(workdir / "export", config.dit(), state.params[trained])
     checkpoint.export(workdir / "export_ema", config.dit(), state.ema)
-  return history
+  return steps.history
 
 
 def log_to_stderr() -> None:
