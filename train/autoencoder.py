@@ -288,6 +288,40 @@ def evaluate_reconstruction(vae: VAEConfig, params: Any, clips: np.ndarray, batc
           "frame_psnr": per_frame(frame_errors), "frame_chroma_psnr": per_frame(frame_chroma_errors)}
 
 
+def _check(config: AutoencoderConfig, vae: VAEConfig, devices: int) -> None:
+  """Raises ValueError naming the first field that cannot run with `vae` on `devices` devices."""
+  for name in ("batch_size", "short_batch"):
+    if getattr(config, name) % devices:
+      raise ValueError(f"{name} {getattr(config, name)} must divide over {devices} devices")
+  if config.short_steps and (config.short_frames % vae.temporal_factor != 1 or config.short_frames > config.frames):
+    raise ValueError(f"short_frames {config.short_frames} must be 1 + {vae.temporal_factor}·k frames and at most "
+                     f"frames ({config.frames})")
+  if config.crop and (config.crop % vae.spatial_factor or config.crop > min(config.height, config.width)):
+    raise ValueError(f"crop {config.crop} must be a multiple of the VAE's {vae.spatial_factor}× downsampling and "
+                     f"fit the {config.height}×{config.width} clips")
+  if config.temporal_init not in ("default", "per_frame"):
+    raise ValueError(f"temporal_init must be 'default' or 'per_frame', got {config.temporal_init!r}")
+
+
+def _start(config: AutoencoderConfig, vae: VAEConfig, optimizer: optax.GradientTransformation,
+           manager: ocp.CheckpointManager, replicated: jax.sharding.Sharding) -> dict[str, Any]:
+  """The state {"params", "opt_state", "step"}: the latest checkpoint's, else a fresh init from `seed`."""
+
+  def init(key):
+    params = init_vae_params(vae, key)
+    if config.temporal_init == "per_frame":
+      params = per_frame_init(params)
+    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  start = manager.latest_step()
+  if start is None:
+    return jax.jit(init, out_shardings=replicated)(jax.random.key(config.seed))
+  abstract = jax.eval_shape(init, jax.random.key(config.seed))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
+  log.info("resumed from %s at step %d", manager.directory, start)
+  return manager.restore(start, args=ocp.args.StandardRestore(abstract))
+
+
 def train(config: AutoencoderConfig, deadline: float | None = None) -> dict[str, Any] | None:
   """Runs (or resumes) the run to `config.steps` and exports it; returns the final metrics.
 
@@ -297,36 +331,11 @@ def train(config: AutoencoderConfig, deadline: float | None = None) -> dict[str,
   vae = config.model()
   mesh = sharding.make_mesh(-1, 1)
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  for name in ("batch_size", "short_batch"):
-    if getattr(config, name) % mesh.size:
-      raise ValueError(f"{name} {getattr(config, name)} must divide over {mesh.size} devices")
-  if config.short_steps and (config.short_frames % vae.temporal_factor != 1 or config.short_frames > config.frames):
-    raise ValueError(f"short_frames {config.short_frames} must be 1 + {vae.temporal_factor}·k frames and at most "
-                     f"frames ({config.frames})")
-  if config.crop and (config.crop % vae.spatial_factor or config.crop > min(config.height, config.width)):
-    raise ValueError(f"crop {config.crop} must be a multiple of the VAE's {vae.spatial_factor}× downsampling and "
-                     f"fit the {config.height}×{config.width} clips")
+  _check(config, vae, mesh.size)
   optimizer = make_optimizer(config)
-
-  if config.temporal_init not in ("default", "per_frame"):
-    raise ValueError(f"temporal_init must be 'default' or 'per_frame', got {config.temporal_init!r}")
-
-  def init(key):
-    params = init_vae_params(vae, key)
-    if config.temporal_init == "per_frame":
-      params = per_frame_init(params)
-    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
-
-  abstract = jax.eval_shape(init, jax.random.key(config.seed))
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
   manager = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
       save_interval_steps=config.checkpoint_every, max_to_keep=2, create=True))
-  start = manager.latest_step()
-  if start is None:
-    state = jax.jit(init, out_shardings=replicated)(jax.random.key(config.seed))
-  else:
-    state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
-    log.info("resumed from %s at step %d", workdir / "checkpoints", start)
+  state = _start(config, vae, optimizer, manager, replicated)
 
   started = time.perf_counter()
   clips = render_clips("train", config.clips, config.frames, config.height, config.width, config.workers)
