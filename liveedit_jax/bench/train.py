@@ -44,7 +44,7 @@ def _random_batch(config: TrainConfig, mesh: jax.sharding.Mesh) -> dict[str, jax
   return jax.jit(make, out_shardings=sharding.batch_sharding(mesh))(jax.random.key(1, impl=train_step.RNG_IMPL))
 
 
-def main(argv: list[str]) -> None:
+def _parse_args(argv: list[str]):
   parser = cli.ArgumentParser(prog="python -m liveedit_jax.bench train", description=__doc__)
   parser.add_argument("--stage", type=int, choices=(1, 2, 3), default=3)
   parser.add_argument("--config", choices=sorted(TRAIN_PRESETS), default="liveedit-1.3b")
@@ -55,8 +55,33 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--peak-tflops", type=float, default=0.0, help="per device, for MFU (default: by device)")
   parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (a round: gen_every steps in stage 3)")
   parser.add_argument("--iters", type=int, default=3, help="timed rounds")
-  args = parser.parse_args(argv)
+  return parser.parse_args(argv)
 
+
+def _time_steps(step_fn, state, batch, frozen, kinds: list[str], warmup: int, iters: int) -> dict[str, float]:
+  """The median seconds of each kind of step, over `iters` rounds of `kinds` after `warmup` untimed ones."""
+  times: dict[str, list[float]] = {k: [] for k in kinds}
+  for round_index in range(warmup + iters):
+    for kind in kinds:
+      t0 = time.perf_counter()
+      state, metrics = step_fn(state, batch, frozen)
+      jax.block_until_ready(metrics)
+      if round_index >= warmup:
+        times[kind].append(time.perf_counter() - t0)
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _print_table(rows: list[dict]) -> None:
+  print(f"\n{'step':<11}{'ms':>10}{'TFLOP':>10}{'TFLOP/s/dev':>13}{'MFU':>7}{'compile s':>11}{'peak GiB':>10}")
+  for r in rows:
+    mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+    peak_gib = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
+    print(f"{r['step']:<11}{r['ms']:>10.1f}{r['model_tflop']:>10.2f}{r['tflops_per_device']:>13.2f}{mfu:>7}"
+          f"{r['compile_s']:>11.1f}{peak_gib:>10}")
+
+
+def main(argv: list[str]) -> None:
+  args = _parse_args(argv)
   devices = jax.local_devices()
   config = TrainConfig.preset(args.config, args.stage, frames=args.frames, height=args.height // 8,
                               width=args.width // 8, batch_size=args.batch or len(devices), mesh_data=1,
@@ -75,14 +100,7 @@ def main(argv: list[str]) -> None:
     kind_flops = {"generator": flops["generator"] + flops["critic"], "critic": flops["critic"]}
   else:
     kinds, kind_flops = ["step"], {"step": flops["step"]}
-  times: dict[str, list[float]] = {k: [] for k in kind_flops}
-  for round_index in range(args.warmup + args.iters):
-    for kind in kinds:
-      t0 = time.perf_counter()
-      state, metrics = step_fn(state, batch, frozen)
-      jax.block_until_ready(metrics)
-      if round_index >= args.warmup:
-        times[kind].append(time.perf_counter() - t0)
+  seconds = _time_steps(step_fn, state, batch, frozen, kinds, args.warmup, args.iters)
 
   peak = peak_flops_per_device(config)
   n = len(devices)
@@ -93,7 +111,6 @@ def main(argv: list[str]) -> None:
           "compiled_temp_gib": memory.temp_size_in_bytes / 2**30 if memory else None,
           "compiled_argument_gib": memory.argument_size_in_bytes / 2**30 if memory else None,
           "flops_source": "analytic (train/flops.py)"}
-  seconds = {k: statistics.median(v) for k, v in times.items()}
   if config.stage == 3:
     seconds["average"] = (seconds["generator"] + (config.gen_every - 1) * seconds["critic"]) / config.gen_every
     kind_flops["average"] = flops["step"]
@@ -104,10 +121,4 @@ def main(argv: list[str]) -> None:
            "mfu": tflops * 1e12 / peak if peak else None}
     rows.append(row)
     print(json.dumps(row), flush=True)
-
-  print(f"\n{'step':<11}{'ms':>10}{'TFLOP':>10}{'TFLOP/s/dev':>13}{'MFU':>7}{'compile s':>11}{'peak GiB':>10}")
-  for r in rows:
-    mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-    peak_gib = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
-    print(f"{r['step']:<11}{r['ms']:>10.1f}{r['model_tflop']:>10.2f}{r['tflops_per_device']:>13.2f}{mfu:>7}"
-          f"{r['compile_s']:>11.1f}{peak_gib:>10}")
+  _print_table(rows)
