@@ -285,18 +285,7 @@ def parse_schedule(prompt_at: Sequence[str], schedule_file: str | None) -> list[
   return entries
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  """The options; the models left out are resolved to the default model's (its files checked) in `args.models`,
-  and --height, --width, --fps to the default DiT's native size or Wan's."""
-  native = default_model.native_or_none()
-
-  def default(field: str) -> str:
-    value = f"{getattr(native, field):g}, the default model's native size," if native else \
-        f"the default model's native {field}"
-    return f"(default: {value} without --dit; {CONVERTED_SIZE[field]:g} with --dit)"
-
-  default_dir = f"the default model's, {default_model.shown(default_model.directory())}/"
-  parser = cli.ArgumentParser(prog="python -m liveedit_jax.stream", description=__doc__)
+def _add_io_options(parser: argparse.ArgumentParser, default: Callable[[str], str]) -> None:
   io = parser.add_argument_group("input and output")
   io.add_argument("--input", required=True, help="video file, webcam:/dev/videoN, - (raw rgb24 on stdin), *.rgb, "
                   "or synthetic:SEED[:FRAMES] (the benchmark's test example SEED)")
@@ -310,6 +299,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   io.add_argument("--fps", type=float, help="frame rate of the output; video files and webcams are resampled to "
                   f"it {default('fps')}")
   io.add_argument("--max-frames", type=int, help="stop after this many input frames")
+
+
+def _add_model_options(parser: argparse.ArgumentParser, default_dir: str) -> None:
   models = parser.add_argument_group("models and prompt (a model left out is the default model's part)")
   models.add_argument("--dit", help=f"converted DiT directory (python -m convert.wan_dit; default: {default_dir}dit)")
   add_autoencoder_options(models, f"{default_dir}vae")
@@ -332,10 +324,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "cached chunk) instead of keeping them as edited under the old one")
   models.add_argument("--dtype", choices=CLI_DTYPES,
                       help="compute dtype of the DiT and autoencoders (default: bfloat16 on GPU, float32 elsewhere)")
-  stream = add_stream_options(parser.add_argument_group("streaming"))
-  stream.add_argument("--seed", type=int, default=0, help="seed of the denoising noise")
-  add_run_options(parser.add_argument_group("running"))
-  args = parser.parse_args(argv)
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """Exits through `parser.error` naming the first pair of options that cannot go together; sets
+  `args.schedule` and `args.placement`."""
   if not args.context and not args.prompt and not is_synthetic(args.input):
     parser.error("--prompt is needed (the edit instruction), unless --context gives its embedding or the input is "
                  "synthetic:SEED")
@@ -364,6 +357,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.placement = plan(args.devices)
   except ValueError as err:
     parser.error(str(err))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  """The options; the models left out are resolved to the default model's (its files checked) in `args.models`,
+  and --height, --width, --fps to the default DiT's native size or Wan's."""
+  native = default_model.native_or_none()
+
+  def default(field: str) -> str:
+    value = f"{getattr(native, field):g}, the default model's native size," if native else \
+        f"the default model's native {field}"
+    return f"(default: {value} without --dit; {CONVERTED_SIZE[field]:g} with --dit)"
+
+  default_dir = f"the default model's, {default_model.shown(default_model.directory())}/"
+  parser = cli.ArgumentParser(prog="python -m liveedit_jax.stream", description=__doc__)
+  _add_io_options(parser, default)
+  _add_model_options(parser, default_dir)
+  stream = add_stream_options(parser.add_argument_group("streaming"))
+  stream.add_argument("--seed", type=int, default=0, help="seed of the denoising noise")
+  add_run_options(parser.add_argument_group("running"))
+  args = parser.parse_args(argv)
+  _check_args(parser, args)
   args.models = default_model.resolve(args.dit, args.vae, args.text_encoder, text=not args.context)
   native = default_model.native() if "dit" in args.models.defaults else None
   for field, converted in CONVERTED_SIZE.items():
@@ -768,6 +782,89 @@ def _serial(chunks: Iterator[_Chunk], finish: Callable[[_Chunk], None]):
   yield chunks, finish, lambda wait: False
 
 
+def _chunk_source(reader: FrameReader, frames: np.ndarray, limit: float, chunking: Chunking,
+                  stream_start: float) -> Iterator[_Chunk]:
+  """The stream's chunks, the first from `frames` (read before the models loaded), then from `reader` up to `limit`
+  input frames."""
+  unread = [frames]
+
+  def read(n: int) -> np.ndarray:
+    return unread.pop() if unread else reader.read(int(min(n, limit - reader.frames_read)))
+
+  start = 0
+  for index, (frames_, source) in enumerate(autoencoders.stream_chunks(read, chunking)):
+    yield _Chunk(index, frames_, source, time.perf_counter() if index else stream_start, start)
+    start += len(source)
+
+
+class _Output:
+  """The stream's output: each decoded chunk's real frames to the writer (source | edit with `side_by_side`), and
+  to stderr a line per chunk (rate, latency, stage times, time left, the mask's share), a bar on a terminal, and
+  the summary."""
+
+  def __init__(self, writer: RawWriter | VideoWriter, side_by_side: bool, total: int | None, masked: bool,
+               chunking: Chunking, started: float | None):
+    """started: perf_counter at the run's start, for the time to the first edited frame (default: now, the
+    stream's start)."""
+    self.writer, self.side_by_side, self.total, self.masked = writer, side_by_side, total, masked
+    self.chunking, self.stream_start = chunking, time.perf_counter()
+    self.started = self.stream_start if started is None else started
+    self.bar = cli.progress(total=total, desc="stream", unit="frame")
+    self.clock = {"last": self.stream_start}  # when the last chunk was written, the first, and the ETA's base
+
+  def finish(self, chunk: _Chunk) -> None:
+    """Writes and reports `chunk` (waiting for its device work)."""
+    first_frame, real = self.writer.frames_written, len(chunk.source)
+    edited = to_uint8(np.asarray(chunk.decoded)[0, :real])
+    self.writer.write(np.concatenate([chunk.source, edited], axis=2) if self.side_by_side else edited)
+    clock, written = self.clock, self.writer.frames_written
+    now = time.perf_counter()
+    if chunk.index == 0:
+      clock["first"] = now
+    wall, clock["last"] = now - clock["last"], now
+    self.bar.update(real)
+    report = (f"chunk {chunk.index}: frames {first_frame}-{written - 1}  {real / wall:.1f} fps"
+              f"  wall {wall * 1e3:.1f} ms  latency {(now - chunk.read_at) * 1e3:.1f} ms")
+    if chunk.ms is not None:
+      report += "".join(f"  {name} {t:.1f} ms" for name, t in zip(("encode", "dit", "decode"), chunk.ms))
+    if self.total is not None and chunk.index > 1:  # the rate of the chunks after the first two
+      rate = (written - clock["eta_frames"]) / (now - clock["eta_start"])
+      report += f"  {cli.format_seconds(max(0, self.total - written) / rate)} left"
+    if chunk.index == 1:
+      clock["eta_start"], clock["eta_frames"] = now, written
+    if self.masked and chunk.mask is None:
+      report += "  mask: all tokens"
+    elif self.masked:
+      fraction, iou = np.asarray(chunk.mask)
+      report += f"  mask: {fraction:.0%} tokens recomputed" + ("" if chunk.after_full else f", IoU {iou:.2f}")
+    cli.say(report)
+
+  def close(self) -> None:
+    self.bar.close()
+    clock, written = self.clock, self.writer.frames_written
+    later = written - min(written, self.chunking.written[0])
+    rate = f", {later / (clock['last'] - clock['first']):.1f} fps after chunk 0" if later else ""
+    first = f", the first edited frame {clock['first'] - self.started:.1f} s after the start" if "first" in clock else ""
+    cli.say(f"wrote {written} frames to {self.writer.name} in {time.perf_counter() - self.stream_start:.1f} s"
+            f"{rate}{first}")
+
+
+def _switch_if_due(pending: list[tuple[ScheduledPrompt, jax.Array]], chunk: _Chunk, models: Models, steps: Steps,
+                   state: StreamState, history: History | None) -> StreamState | None:
+  """The state switched (`steps.switch_prompt`) to the prompt of the last of the `pending` entries due at `chunk`,
+  those whose frame is at or before the chunk's first, or None if none is due. The due entries leave `pending`;
+  the KV cache is re-cached from `history` when given, else kept."""
+  due = [item for item in pending if item[0].frame <= chunk.start]
+  if not due:
+    return None
+  del pending[:len(due)]
+  entry, context = due[-1]  # the others due here would be replaced before any frame is edited under them
+  state = steps.switch_prompt(models.dit_params, state, context, history)
+  cli.say(f"prompt switch before chunk {chunk.index} (input frame {chunk.start}; {entry.where}): "
+          f"{entry.prompt!r}, the KV cache " + ("re-cached under it" if history is not None else "kept"))
+  return state
+
+
 def run_stream(models: Models, steps: Steps, state: StreamState, ae_state: AutoencoderState, reader: FrameReader,
                writer: RawWriter | VideoWriter, frames: np.ndarray, chunking: Chunking, limit: float,
                total: int | None = None, side_by_side: bool = False, sync_stages: bool = False,
@@ -781,52 +878,10 @@ def run_stream(models: Models, steps: Steps, state: StreamState, ae_state: Autoe
   side_by_side: write source | edit frames [T, H, 2W, 3]. sync_stages: wait for each stage (timed) and read, edit
   and write one chunk after the other, instead of overlapping them. started: perf_counter at the run's start
   (default: now), for the time to the first edited frame. schedule: (entry, its embedding on the device), sorted
-  by frame: before the first chunk starting at or after an entry's frame the stream switches to its prompt
-  (`steps.switch`; of several entries due at one chunk, the last), re-caching the KV cache from `history` when
-  given (--recache: every chunk is pushed to it), else keeping it. One progress line per chunk and per switch and
-  a summary go to stderr, with a bar on a terminal.
+  by frame, switched to as `_switch_if_due` says; history: given (--recache), every chunk is pushed to it and a
+  switch re-caches the KV cache from it. Progress and a summary go to stderr (`_Output`).
   """
-  stream_start = time.perf_counter()
-  started = stream_start if started is None else started
-  bar = cli.progress(total=total, desc="stream", unit="frame")
-  clock = {"last": stream_start}  # when the last chunk was written; set by `finish`
-
-  unread = [frames]  # the first chunk's frames, read before the models loaded
-
-  def read(n: int) -> np.ndarray:
-    return unread.pop() if unread else reader.read(int(min(n, limit - reader.frames_read)))
-
-  def chunks():
-    start = 0
-    for index, (frames_, source) in enumerate(autoencoders.stream_chunks(read, chunking)):
-      yield _Chunk(index, frames_, source, time.perf_counter() if index else stream_start, start)
-      start += len(source)
-
-  def finish(chunk: _Chunk):
-    real, first_frame = len(chunk.source), writer.frames_written
-    edited = to_uint8(np.asarray(chunk.decoded)[0, :real])  # waits for the chunk's device work
-    writer.write(np.concatenate([chunk.source, edited], axis=2) if side_by_side else edited)
-    now = time.perf_counter()
-    if chunk.index == 0:
-      clock["first"] = now
-    wall, clock["last"] = now - clock["last"], now
-    bar.update(real)
-    report = (f"chunk {chunk.index}: frames {first_frame}-{writer.frames_written - 1}  {real / wall:.1f} fps"
-              f"  wall {wall * 1e3:.1f} ms  latency {(now - chunk.read_at) * 1e3:.1f} ms")
-    if chunk.ms is not None:
-      report += "".join(f"  {name} {t:.1f} ms" for name, t in zip(("encode", "dit", "decode"), chunk.ms))
-    if total is not None and chunk.index > 1:  # the rate of the chunks after the first two
-      left = max(0, total - writer.frames_written)
-      rate = (writer.frames_written - clock["eta_frames"]) / (now - clock["eta_start"])
-      report += f"  {cli.format_seconds(left / rate)} left"
-    if chunk.index == 1:
-      clock["eta_start"], clock["eta_frames"] = now, writer.frames_written
-    if steps.mask is not None and chunk.mask is None:
-      report += "  mask: all tokens"
-    elif steps.mask is not None:
-      fraction, iou = np.asarray(chunk.mask)
-      report += f"  mask: {fraction:.0%} tokens recomputed" + ("" if chunk.after_full else f", IoU {iou:.2f}")
-    cli.say(report)
+  output = _Output(writer, side_by_side, total, steps.mask is not None, chunking, started)
 
   def decode(chunk: _Chunk):
     nonlocal ae_state
@@ -836,51 +891,39 @@ def run_stream(models: Models, steps: Steps, state: StreamState, ae_state: Autoe
     send(chunk)
 
   def decode_held():
-    nonlocal held
-    if held is not None:
-      chunk, held = held, None  # cleared first: an interrupt inside the decode does not write the chunk twice
-      decode(chunk)
+    while held:  # popped first: an interrupt inside the decode does not write the chunk twice
+      decode(held.pop())
 
   mask = None  # the mask statistics of the chunk being edited (chosen by the previous chunk's step)
   pending = list(schedule)  # the entries not yet in effect, by frame
   full = False  # whether the previous chunk ran in full (the first always does)
-  held = None  # a chunk denoised, its decode not yet dispatched
+  held: list[_Chunk] = []  # a chunk denoised, its decode not yet dispatched
   try:
-    with (_serial if sync_stages else _overlapped)(chunks(), finish) as (received, send, ready):
+    chunks = _chunk_source(reader, frames, limit, chunking, output.stream_start)
+    with (_serial if sync_stages else _overlapped)(chunks, output.finish) as (received, send, ready):
       try:
         for chunk in received:
-          bar.set_description(f"chunk {chunk.index}")
-          if due := [item for item in pending if item[0].frame <= chunk.start]:
-            del pending[:len(due)]
-            entry, context = due[-1]  # the others due here would be replaced before any frame is edited under them
-            state = steps.switch_prompt(models.dit_params, state, context, history)
-            mask = None if state.first_chunk else mask  # the mask cache's next chunk recomputes every token
-            cli.say(f"prompt switch before chunk {chunk.index} (input frame {chunk.start}; {entry.where}): "
-                    f"{entry.prompt!r}, the KV cache " + ("re-cached under it" if history is not None else "kept"))
+          output.bar.set_description(f"chunk {chunk.index}")
+          if (switched := _switch_if_due(pending, chunk, models, steps, state, history)) is not None:
+            state, mask = switched, None if switched.first_chunk else mask  # a first chunk recomputes every token
           chunk.after_full, full = full, chunk.index == 0 or state.first_chunk
           ae_state, state, chunk.edited, next_mask, chunk.ms, history = edit_chunk(
               models, steps, ae_state, state, chunk.frames, later=chunk.index > 0, sync=sync_stages, history=history)
           chunk.mask, mask = mask, next_mask
           decode_held()
-          # A device runs its programs in the order they are dispatched. With the stages on two devices, a decode
-          # dispatched now would wait on the autoencoder's device for the DiT, and the next chunk's encode behind it,
-          # so the DiT would wait for both: held until that encode is dispatched, the decode runs while the next
-          # chunk is denoised. An input of known length (a file) is waited for, the reader being ahead of the
-          # device; a live one only when its next chunk is already read, so that no decode waits for the camera.
-          held = chunk if steps.placement.pipelined and ready(wait=total is not None) else None
-          if held is None:
+          # A device runs its programs in dispatch order: with the stages on two devices, a decode dispatched now
+          # would make the DiT wait for it and the next encode, so it waits until that encode is dispatched (for a
+          # file; a live input only if its next chunk is already read, so that no decode waits for the camera).
+          if steps.placement.pipelined and ready(wait=total is not None):
+            held.append(chunk)
+          else:
             decode(chunk)
       except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: the chunk already denoised is written too
         decode_held()
         raise
       decode_held()
   finally:
-    bar.close()
-    later = writer.frames_written - min(writer.frames_written, chunking.written[0])
-    rate = f", {later / (clock['last'] - clock['first']):.1f} fps after chunk 0" if later else ""
-    first = f", the first edited frame {clock['first'] - started:.1f} s after the start" if "first" in clock else ""
-    cli.say(f"wrote {writer.frames_written} frames to {writer.name} in {time.perf_counter() - stream_start:.1f} s"
-            f"{rate}{first}")
+    output.close()
 
 
 def load_models(args: argparse.Namespace, dtype: str, encoder: autoencoders.Config,
@@ -898,6 +941,21 @@ def load_models(args: argparse.Namespace, dtype: str, encoder: autoencoders.Conf
   loaded = [load_logged(name, path, lambda path=path: Autoencoder(**born_on(devices.autoencoder, lambda: vars(
       autoencoders.load(path, compute_dtype=dtype)))), lambda m: m.params) for path, name in sides]
   return Models(dit[0].replace(kernels=args.kernels), dit[1], loaded[0], loaded[-1])
+
+
+def _announce(args: argparse.Namespace, source: str, output: str, total: int | None, chunking: Chunking,
+              dtype: str) -> None:
+  """The stream's first status line: what it reads and writes, at which size, rate, dtype, chunks and devices."""
+  exact = is_raw(args.input) or is_synthetic(args.input)
+  length = "" if total is None else f" ({'' if exact else 'about '}{total} frames)"
+  read, written = chunking
+  chunks = f"chunks of {written[0]} then {written[1]} frames" if read == written else (
+      f"chunks of {read[0]} then {read[1]} frames read, {written[0]} then {written[1]} written (the output "
+      f"{chunking.lag} frames behind the input)")
+  devices = args.placement
+  on = "" if not devices.pipelined else f", the autoencoders on {devices.autoencoder} and the DiT on {devices.dit}"
+  cli.say(f"streaming {source}{length} to {output} at {args.width}×{args.height}, {args.fps:g} fps, {dtype}, "
+          f"{chunks}" + (", source | edit" if args.side_by_side else "") + on)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -942,16 +1000,7 @@ def main(argv: list[str] | None = None) -> None:
     history = born_on(devices.dit, lambda: prompt_switch.empty_history(state, models.dit_config)) \
         if args.recache else None
     schedule = [(entry, jax.device_put(embedding, devices.dit)) for entry, embedding in zip(args.schedule, scheduled)]
-    exact = is_raw(args.input) or is_synthetic(args.input)
-    length = "" if total is None else f" ({'' if exact else 'about '}{total} frames)"
-    read, written = chunking
-    chunks = f"chunks of {written[0]} then {written[1]} frames" if read == written else (
-        f"chunks of {read[0]} then {read[1]} frames read, {written[0]} then {written[1]} written (the output "
-        f"{chunking.lag} frames behind the input)")
-    on = "" if not devices.pipelined else (f", the autoencoders on {devices.autoencoder} and the DiT on "
-                                           f"{devices.dit}")
-    cli.say(f"streaming {reader.name}{length} to {writer.name} at {width}×{height}, {args.fps:g} fps, {dtype}, "
-            f"{chunks}" + (", source | edit" if args.side_by_side else "") + on)
+    _announce(args, reader.name, writer.name, total, chunking, dtype)
     cache = "" if args.no_compile_cache else f" (compilation cache: {_shown_cache_dir()})"
     switch = "" if not schedule else " and the prompt switch" + (" (re-caching)" if args.recache else "")
     nouns = autoencoders.kind_of(encoder).noun, autoencoders.kind_of(decoder).noun
