@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, Literal, Mapping, NamedTuple
 
 import flax.struct
 import jax
@@ -70,14 +70,17 @@ class Kind:
   decode: Callable[..., jax.Array]  # whole clip: (config, params, latents [B, F, …]) → video [B, 1 + 4F − 4, …]
   encoder_frames: Callable[[Any, int, bool], int]  # (config, latents, first) → frames an encode step takes
   decoder_frames: Callable[[Any, int, bool], int]  # (config, latents, first) → frames a decode step gives
+  sides: Mapping[str, tuple[str, ...]]  # "encoder", "decoder" → the top-level params each side reads
 
 
 KINDS: dict[type, Kind] = {
     VAEConfig: Kind("vae", "VAE", "z_dim", vae.load_vae, VAEStreamState, vae.init_vae_stream, vae.vae_encode_step,
-                    vae.vae_decode_step, vae.vae_encode, vae.vae_decode, _wan_frames, _wan_frames),
+                    vae.vae_decode_step, vae.vae_encode, vae.vae_decode, _wan_frames, _wan_frames,
+                    {"encoder": ("encoder", "quant_conv"), "decoder": ("post_quant_conv", "decoder")}),
     TAEHVConfig: Kind(taehv.KIND, "TAEHV", "latent_channels", taehv.load_taehv, TAEHVStreamState,
                       taehv.init_taehv_stream, taehv.taehv_encode_step, taehv.taehv_decode_step, taehv.taehv_encode,
-                      taehv.taehv_decode, TAEHVConfig.encoder_frames, TAEHVConfig.decoder_frames),
+                      taehv.taehv_decode, TAEHVConfig.encoder_frames, TAEHVConfig.decoder_frames,
+                      {"encoder": ("encoder",), "decoder": ("decoder",)}),
 }
 _BY_NAME = {kind.name: (config, kind) for config, kind in KINDS.items()}
 
@@ -105,10 +108,18 @@ class Autoencoder:
   params: Any
 
 
-def load(path: str | os.PathLike, compute_dtype: str | None = None) -> Autoencoder:
-  """A converted Wan VAE or TAEHV directory, whichever it holds (`read_config`), with its loader."""
-  config = read_config(path)
-  return Autoencoder(*kind_of(config).load(path, compute_dtype=compute_dtype))
+def load(path: str | os.PathLike, compute_dtype: str | None = None,
+         side: Literal["both", "encoder", "decoder"] = "both") -> Autoencoder:
+  """A converted Wan VAE or TAEHV directory, whichever it holds (`read_config`), with its loader.
+
+  side: "encoder" or "decoder" keeps only the params that side runs (`Kind.sides`): a stream that decodes with
+  another directory's decoder does not hold this one's on its device.
+  """
+  kind = kind_of(read_config(path))
+  config, params = kind.load(path, compute_dtype=compute_dtype)
+  if side != "both":
+    params = {name: params[name] for name in kind.sides[side]}
+  return Autoencoder(config, params)
 
 
 class Chunking(NamedTuple):

@@ -439,10 +439,11 @@ def build_editor(args: argparse.Namespace) -> tuple[Editor, dict[str, Any]]:
   if args.decoder is not None:
     nouns += f" encoder, {autoencoders.kind_of(decoder).noun} decoder"
   with cli.status(f"loading the DiT, {nouns} and text encoder ({dtype}{defaults})"):
-    vae = autoencoders.load(dirs.vae, compute_dtype=dtype)
+    split = args.decoder is not None
+    vae = autoencoders.load(dirs.vae, compute_dtype=dtype, side="encoder" if split else "both")
     models = Models(*load_dit(dirs.dit, compute_dtype=dtype), vae.config, vae.params,
                     load_text_encoder(dirs.text_encoder, dtype),
-                    None if args.decoder is None else autoencoders.load(args.decoder, compute_dtype=dtype))
+                    autoencoders.load(args.decoder, compute_dtype=dtype, side="decoder") if split else None)
   options = stream_options(args)
   _, ph, pw = models.dit_config.patch_size
   s = encoder.spatial_factor

@@ -844,7 +844,8 @@ class _Output:
     clock, written = self.clock, self.writer.frames_written
     later = written - min(written, self.chunking.written[0])
     rate = f", {later / (clock['last'] - clock['first']):.1f} fps after chunk 0" if later else ""
-    first = f", the first edited frame {clock['first'] - self.started:.1f} s after the start" if "first" in clock else ""
+    first = "" if "first" not in clock else \
+        f", the first edited frame {clock['first'] - self.started:.1f} s after the start"
     cli.say(f"wrote {written} frames to {self.writer.name} in {time.perf_counter() - self.stream_start:.1f} s"
             f"{rate}{first}")
 
@@ -930,16 +931,21 @@ def load_models(args: argparse.Namespace, dtype: str, encoder: autoencoders.Conf
                 decoder: autoencoders.Config) -> Models:
   """The DiT (with --kernels) and the autoencoders in `dtype`, each between two status lines and loaded onto its
   device (args.placement); `encoder`, `decoder`: their configs (`check_decoder`), for their names. One directory
-  that encodes and decodes loads once."""
+  that encodes and decodes loads once; with --decoder each directory keeps only the params of its side."""
   dirs, devices = args.models, args.placement
   dit = load_logged(_model_name(args, "dit", "DiT"), dirs.dit,
                     lambda: born_on(devices.dit, lambda: load_dit(dirs.dit, compute_dtype=dtype)), lambda m: m[1])
   split = args.decoder is not None
-  sides = [(dirs.vae, _model_name(args, "vae", autoencoders.kind_of(encoder).noun) + (" encoder" if split else ""))]
+  sides = [(dirs.vae, _model_name(args, "vae", autoencoders.kind_of(encoder).noun) + (" encoder" if split else ""),
+            "encoder" if split else "both")]
   if split:
-    sides.append((args.decoder, f"the {autoencoders.kind_of(decoder).noun} decoder"))
-  loaded = [load_logged(name, path, lambda path=path: Autoencoder(**born_on(devices.autoencoder, lambda: vars(
-      autoencoders.load(path, compute_dtype=dtype)))), lambda m: m.params) for path, name in sides]
+    sides.append((args.decoder, f"the {autoencoders.kind_of(decoder).noun} decoder", "decoder"))
+
+  def load(path: str, side: str) -> Autoencoder:  # through a dict: born_on maps a pytree, which Autoencoder is not
+    return Autoencoder(**born_on(devices.autoencoder, lambda: vars(autoencoders.load(path, dtype, side))))
+
+  loaded = [load_logged(name, path, lambda path=path, side=side: load(path, side), lambda m: m.params)
+            for path, name, side in sides]
   return Models(dit[0].replace(kernels=args.kernels), dit[1], loaded[0], loaded[-1])
 
 

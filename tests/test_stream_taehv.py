@@ -11,10 +11,12 @@ mostly inside the clamp, where `init_taehv_params`' zero biases give frames of â
 inputs are fresh random frames (the seed is in the message).
 """
 
+import functools
 import random
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -196,3 +198,22 @@ def test_stream_chunks_geometry(lag):
       want = clip[np.minimum(np.arange(ends[k] - chunking.read[k > 0], ends[k]), n - 1)]
       np.testing.assert_array_equal(frames, want, f"n={n}, chunk {k}, seed {seed}")
     assert all(size == got for size, got in reads[:-1]) and reads[-1][1] < reads[-1][0], (n, reads)
+
+
+@pytest.mark.parametrize("kind", ["wan", "taehv"])
+def test_one_side_loads_only_the_params_it_runs(models, kind):
+  """With --decoder each directory loads one side (`autoencoders.load(side=...)`): the two sides split the params
+  between them, each the whole directory's arrays, and each side's alone is all that encoding or decoding reads
+  (traced: a param it lacked would fail the trace)."""
+  full = autoencoders.load(models[kind])
+  encoder, decoder = (autoencoders.load(models[kind], side=side) for side in ("encoder", "decoder"))
+  assert set(encoder.params) | set(decoder.params) == set(full.params)
+  assert not set(encoder.params) & set(decoder.params) and "decoder" not in encoder.params
+  for side in (encoder, decoder):
+    for name, tree in side.params.items():
+      jax.tree.map(np.testing.assert_array_equal, tree, full.params[name])
+  frames = autoencoders.kind_of(full.config).encoder_frames(full.config, 2, True)
+  latents = jax.eval_shape(functools.partial(autoencoders.encode, encoder.config), encoder.params,
+                           jax.ShapeDtypeStruct((1, frames, H, W, 3), jnp.float32))
+  video = jax.eval_shape(functools.partial(autoencoders.decode, decoder.config), decoder.params, latents)
+  assert latents.shape[1] == 2 and video.shape[0] == 1
