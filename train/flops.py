@@ -36,28 +36,37 @@ def dit_forward_flops(config: DiTConfig, batch: int, query_tokens: int, attended
   return float(batch * flops)
 
 
-def step_flops(config: TrainConfig, batch: int | None = None) -> dict[str, float]:
-  """Model FLOPs of one step: {"step": the average step, plus per-kind terms}, for `batch` samples (default the
-  config's global batch).
-
-  Stage 3 averages over the exit step (E[k*] = (steps − 1)/2, so a chunk runs E[k*] + 2 rollout forwards with the
-  refresh) and over the generator's turn (1 step in gen_every).
-  """
+def _forwards(config: TrainConfig) -> tuple[DiTConfig, int, int]:
+  """(the DiT, tokens per clip, tokens per chunk) of `config`'s clips."""
   dit = config.dit()
-  b = config.batch_size if batch is None else batch
   _, ph, pw = dit.patch_size
   frame_tokens = (config.height // ph) * (config.width // pw)
-  tokens = config.frames * frame_tokens
-  chunk_tokens = config.chunk_frames * frame_tokens
+  return dit, config.frames * frame_tokens, config.chunk_frames * frame_tokens
+
+
+def bidirectional_step_flops(config: TrainConfig, b: int) -> dict[str, float]:
+  """Stage 1, for `b` samples: a forward and its backward over the whole clip."""
+  dit, tokens, _ = _forwards(config)
+  return {"step": 3 * dit_forward_flops(dit, b, tokens, tokens * tokens)}
+
+
+def teacher_forcing_step_flops(config: TrainConfig, b: int) -> dict[str, float]:
+  """Stage 2: over [clean ‖ noisy], twice the tokens under the teacher-forcing mask."""
+  dit, tokens, chunk_tokens = _forwards(config)
+  pairs = AttentionMask("teacher_forcing", chunk_tokens).visible_pairs(2 * tokens, 2 * tokens)
+  return {"step": 3 * dit_forward_flops(dit, b, 2 * tokens, pairs)}
+
+
+def dmd_step_flops(config: TrainConfig, b: int) -> dict[str, float]:
+  """Stage 3: {"step": the average step, "generator": the generator's update alone, "critic": the critic's}.
+
+  Averages over the exit step (E[k*] = (steps − 1)/2, so a chunk runs E[k*] + 2 rollout forwards with the
+  refresh) and over the generator's turn (1 step in gen_every).
+  """
+  dit, tokens, chunk_tokens = _forwards(config)
   causal_pairs = AttentionMask("chunk_causal", chunk_tokens).visible_pairs(tokens, tokens)
   full = dit_forward_flops(dit, b, tokens, tokens * tokens)
   causal = dit_forward_flops(dit, b, tokens, causal_pairs)
-  if config.stage == 1:
-    return {"step": 3 * full}
-  if config.stage == 2:  # [clean ‖ noisy]: each half is chunk-causal-sized
-    tf_pairs = AttentionMask("teacher_forcing", chunk_tokens).visible_pairs(2 * tokens, 2 * tokens)
-    tf = dit_forward_flops(dit, b, 2 * tokens, tf_pairs)
-    return {"step": 3 * tf}
   rollout_forwards = (len(config.timesteps) - 1) / 2 + 2
   rollout = rollout_forwards * dit_forward_flops(dit, b, tokens, causal_pairs, with_text=False)
   rollout += dit_forward_flops(dit, b, 0, 0)  # the text K/V, once per rollout

@@ -30,10 +30,10 @@ from tqdm import tqdm
 from liveedit_jax.config import DiTConfig
 from liveedit_jax.dit import Params, init_dit_params
 from liveedit_jax.param_io import load_params, read_config
-from train import checkpoint, sharding, step as train_step
+from train import checkpoint, sharding, stages, step as train_step
 from train.configs import TrainConfig
 from train.data import Batches
-from train.flops import peak_flops_per_device, step_flops
+from train.flops import peak_flops_per_device
 
 log = logging.getLogger("train")
 
@@ -76,26 +76,26 @@ def initial_state(config: TrainConfig, mesh: jax.sharding.Mesh,
                   fresh: bool) -> tuple[train_step.TrainState | None, dict[str, Params]]:
   """(a step-0 state, or None unless `fresh` (a checkpoint will provide it), the frozen trees).
 
-  From the converted weights of `init` (stages 1–2: the model; stage 3: the generator) and `score_init` (stage 3:
-  the real score, which also initialises the fake score); without them, a random init from `seed`.
+  From the converted weights of the stage's `inits` (`init`: stages 1–2's model, stage 3's generator; `score_init`:
+  stage 3's real score, which also initialises the fake score); without them, a random init from `seed`.
   """
-  needed = ("init", "score_init") if config.stage == 3 else ("init",)
-  if config.stage != 3 and config.score_init:
-    raise ValueError(f"score_init is stage 3's real score; stage {config.stage} trains from init only")
-  given = [f for f in needed if getattr(config, f)]
+  stage = stages.of(config)
+  unused = [f for f in stages.INIT_FIELDS if getattr(config, f) and f not in stage.inits]
+  if unused:
+    raise ValueError(f"{unused[0]} names a DiT that stage {config.stage} does not load; it starts from "
+                     f"{' and '.join(stage.inits)} only")
+  given = [f for f in stage.inits if getattr(config, f)]
   if not given:
     state, frozen = train_step.random_init(config, mesh)
     return (state if fresh else None), frozen
-  if len(given) != len(needed):
-    raise ValueError(f"stage {config.stage} loads {' and '.join(needed)}; set all of them, or none for a random init")
+  if len(given) != len(stage.inits):
+    raise ValueError(f"stage {config.stage} loads {' and '.join(stage.inits)}; set all of them, or none for a "
+                     f"random init")
   load = functools.partial(load_dit_params, config=config, mesh=mesh)
-  frozen = {"real_score": load(config.score_init)} if config.stage == 3 else {}
+  frozen = {tree: load(getattr(config, field)) for tree, field in stage.frozen_loads.items()}
   if not fresh:
     return None, frozen
-  if config.stage == 3:
-    trained = {"generator": load(config.init), "fake_score": load(config.score_init)}
-  else:
-    trained = {"model": load(config.init)}
+  trained = {tree: load(getattr(config, field)) for tree, field in stage.loads.items()}
   return train_step.init_from(config, mesh, trained), frozen
 
 
@@ -126,7 +126,8 @@ class _StepLog:
 
   def __init__(self, config: TrainConfig, first: int, checkpoints: checkpoint.Checkpoints, primary: bool):
     self.config, self.checkpoints = config, checkpoints
-    self.flops, self.peak = step_flops(config)["step"], peak_flops_per_device(config)
+    self.flops = stages.of(config).flops(config, config.batch_size)["step"]
+    self.peak = peak_flops_per_device(config)
     _, ph, pw = config.dit().patch_size
     self.tokens_per_step = config.batch_size * config.frames * (config.height // ph) * (config.width // pw)
     self.writer = SummaryWriter(str(Path(config.workdir) / "tensorboard")) if primary else None
@@ -150,9 +151,8 @@ class _StepLog:
     now = time.perf_counter()
     steps_per_s = (step - self.last_step) / (now - self.last_time)
     self.last_time, self.last_step = now, step
-    host.update(steps_per_s=steps_per_s, tokens_per_s=steps_per_s * self.tokens_per_step, lr=self.config.lr)
-    if self.config.stage == 3:
-      host["critic_lr"] = self.config.critic_lr
+    host.update(steps_per_s=steps_per_s, tokens_per_s=steps_per_s * self.tokens_per_step,
+                **stages.of(self.config).learning_rates(self.config))
     if self.peak:
       host["mfu"] = self.flops * steps_per_s / (self.peak * jax.device_count())
     self.history.append({"step": step, **host})
@@ -187,13 +187,13 @@ def train(config: TrainConfig, *, stop_at: int | None = None) -> list[dict[str, 
   end = config.steps if stop_at is None else min(stop_at, config.steps)
   steps = _StepLog(config, first, checkpoints, primary=jax.process_index() == 0)
   previous = None  # (step, metrics) of the step before: checked after the next one is dispatched
-  generator_metrics: dict[str, jax.Array] = {}
+  stage, generator_metrics = stages.of(config), {}
   try:
     for i in range(first, end):
       state, metrics = step_fn(state, next(data), frozen)
       step = i + 1
-      if config.stage == 3 and i % config.gen_every == 0:
-        generator_metrics = {k: metrics[k] for k in train_step.GENERATOR_METRICS}
+      if stage.generator_metrics and i % config.gen_every == 0:  # the generator's turn
+        generator_metrics = {k: metrics[k] for k in stage.generator_metrics}
       if previous is not None:
         steps.check(*previous)
       previous = (step, metrics)
@@ -210,8 +210,7 @@ def train(config: TrainConfig, *, stop_at: int | None = None) -> list[dict[str, 
     steps.close()
     checkpoints.close()
   if end == config.steps and first < end:
-    trained = train_step.EMA_OF[config.stage]
-    checkpoint.export(workdir / "export", config.dit(), state.params[trained])
+    checkpoint.export(workdir / "export", config.dit(), state.params[stage.ema_of])
     checkpoint.export(workdir / "export_ema", config.dit(), state.ema)
   return steps.history
 

@@ -27,9 +27,9 @@ import jax
 
 from liveedit_jax import cli
 from liveedit_jax.bench.timing import peak_memory_gib
-from train import sharding, step as train_step
+from train import sharding, stages, step as train_step
 from train.configs import TRAIN_PRESETS, TrainConfig
-from train.flops import peak_flops_per_device, step_flops
+from train.flops import peak_flops_per_device
 
 
 def _random_batch(config: TrainConfig, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
@@ -94,13 +94,9 @@ def main(argv: list[str]) -> None:
   compile_s = time.perf_counter() - start
   memory = step_fn.memory_analysis()
 
-  flops = step_flops(config)
-  if config.stage == 3:  # step i runs the generator when i % gen_every == 0
-    kinds = ["generator"] + ["critic"] * (config.gen_every - 1)
-    kind_flops = {"generator": flops["generator"] + flops["critic"], "critic": flops["critic"]}
-  else:
-    kinds, kind_flops = ["step"], {"step": flops["step"]}
-  seconds = _time_steps(step_fn, state, batch, frozen, kinds, args.warmup, args.iters)
+  stage = stages.of(config)
+  kind_flops = stage.turn_flops(config)
+  seconds = _time_steps(step_fn, state, batch, frozen, stage.turns(config), args.warmup, args.iters)
 
   peak = peak_flops_per_device(config)
   n = len(devices)
@@ -111,9 +107,9 @@ def main(argv: list[str]) -> None:
           "compiled_temp_gib": memory.temp_size_in_bytes / 2**30 if memory else None,
           "compiled_argument_gib": memory.argument_size_in_bytes / 2**30 if memory else None,
           "flops_source": "analytic (train/flops.py)"}
-  if config.stage == 3:
-    seconds["average"] = (seconds["generator"] + (config.gen_every - 1) * seconds["critic"]) / config.gen_every
-    kind_flops["average"] = flops["step"]
+  if len(seconds) > 1:  # stage 3's turns, and their average step
+    seconds["average"] = sum(seconds[kind] for kind in stage.turns(config)) / config.gen_every
+    kind_flops["average"] = stage.flops(config, config.batch_size)["step"]
   rows = []
   for kind, s in seconds.items():
     tflops = kind_flops[kind] / s / n / 1e12
