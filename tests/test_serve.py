@@ -7,8 +7,8 @@ are refused with a message; the page is served with its controls.
 
 The server runs in the test's process (`aiohttp.test_utils`) on the tiny random models of
 `test_stream_prompt_schedule` (a tiny DiT for the default model's small umT5, test_stream_cli's tiny VAE) at
-32×48, chunks of 9 then 12 frames; its steps compile once for the module. What is not tested here: the page's
-JavaScript in a browser (no browser can be installed on this project's machines).
+32×48, chunks of 9 then 12 frames; its steps compile once for the module. The page's JavaScript in a
+browser is tested in test_serve_browser (headless Chromium through Playwright).
 """
 
 import asyncio
