@@ -66,7 +66,7 @@ import numpy as np
 
 from liveedit_jax import param_io
 from liveedit_jax.config import PresetConfig
-from liveedit_jax.layers import Dense
+from liveedit_jax.layers import TORCH_DEFAULT_INIT, Dense, init_key
 
 Params = dict[str, Any]
 Cache = dict[str, jax.Array]
@@ -75,8 +75,6 @@ KIND = "taehv"  # param_io kind of a converted directory (python -m convert.taeh
 STAGES = 3  # resolution stages of the encoder and of the decoder
 BLOCKS_PER_STAGE = 3  # MemBlocks per stage, in every published file
 
-# torch's default Conv init (kaiming_uniform, a=√5): U(±1/√fan_in).
-_torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -200,7 +198,7 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t, h, w, c = x.shape
-    kernel = self.param("kernel", _torch_default_init, (3, 3, c, self.features), self.param_dtype)
+    kernel = self.param("kernel", TORCH_DEFAULT_INIT, (3, 3, c, self.features), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype) \
         if self.use_bias else None
     x = x.reshape(b * t, h, w, c)
@@ -211,7 +209,7 @@ class Conv(nn.Module):
 
 def _pointwise(features: int, dtype, param_dtype, name: str) -> Dense:
   """A bias-free 1×1 conv (TPool, TGrow): Dense {kernel [C_in, C_out]}."""
-  return Dense(features, dtype, param_dtype, use_bias=False, kernel_init=_torch_default_init, name=name)
+  return Dense(features, dtype, param_dtype, use_bias=False, kernel_init=TORCH_DEFAULT_INIT, name=name)
 
 
 class MemBlock(nn.Module):
@@ -339,7 +337,7 @@ class TAEHVStreamState:
 def init_taehv_params(config: TAEHVConfig, key: jax.Array) -> Params:
   """Fresh parameters (torch's default conv init, zero biases). Works under `jax.eval_shape`."""
   cfg = config
-  k_enc, k_dec = jax.random.split(key)
+  k_enc, k_dec = jax.random.split(init_key(key))
   s = cfg.spatial_factor
   frames = jnp.zeros((1, cfg.time_downscale, s, s, 3))
   latents = jnp.zeros((1, 1, 1, 1, cfg.latent_channels))

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from liveedit_jax import param_io
 from liveedit_jax.config import PresetConfig
-from liveedit_jax.layers import Dense
+from liveedit_jax.layers import TORCH_DEFAULT_INIT, Dense, init_key
 
 Params = dict[str, Any]
 Cache = dict[str, Any]
@@ -53,8 +53,6 @@ WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.151
 WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                      3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
 
-# torch's default Conv/Linear init (kaiming_uniform, a=√5): U(±1/√fan_in).
-_torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -144,7 +142,7 @@ VAEConfig.PRESETS = VAE_PRESETS
 
 def _conv_params(module: nn.Module, kernel_shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
   """A conv's {kernel [*window, C_in, C_out], bias [C_out]} parameters, created in `module`."""
-  kernel = module.param("kernel", _torch_default_init, kernel_shape, module.param_dtype)
+  kernel = module.param("kernel", TORCH_DEFAULT_INIT, kernel_shape, module.param_dtype)
   return kernel, module.param("bias", nn.initializers.zeros_init(), kernel_shape[-1:], module.param_dtype)
 
 
@@ -252,11 +250,11 @@ class AttentionBlock(nn.Module):
     b, t, h, w, c = x.shape
     dt, pd = self.dtype, self.param_dtype
     u = ChannelRMSNorm(pd, name="norm")(x).astype(dt).reshape(b * t, h * w, c)
-    q, k, v = jnp.split(Dense(3 * c, dt, pd, kernel_init=_torch_default_init, name="to_qkv")(u), 3, axis=-1)
+    q, k, v = jnp.split(Dense(3 * c, dt, pd, kernel_init=TORCH_DEFAULT_INIT, name="to_qkv")(u), 3, axis=-1)
     logits = jnp.einsum("btc,bsc->bts", q, k, preferred_element_type=jnp.float32) * c ** -0.5
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
     o = jnp.einsum("bts,bsc->btc", probs, v, preferred_element_type=jnp.float32).astype(dt)
-    o = Dense(c, dt, pd, kernel_init=_torch_default_init, name="proj")(o)
+    o = Dense(c, dt, pd, kernel_init=TORCH_DEFAULT_INIT, name="proj")(o)
     return x.astype(dt) + o.reshape(x.shape)
 
 
@@ -434,13 +432,13 @@ class VAEStreamState:
 def init_vae_params(config: VAEConfig, key: jax.Array) -> Params:
   """Fresh parameters (torch's default conv init, unit norm scales). Works under `jax.eval_shape`."""
   cfg = config
-  k_enc, k_quant, k_post, k_dec = jax.random.split(key, 4)
+  k_enc, k_quant, k_post, k_dec = jax.random.split(init_key(key), 4)
   pd = jnp.dtype(cfg.param_dtype)
   # The smallest chunks that reach every temporal conv: 1 + temporal_factor frames, 2 latents.
   frames = jnp.zeros((1, 1 + cfg.temporal_factor, cfg.spatial_factor, cfg.spatial_factor, 3))
   latents = jnp.zeros((1, 2, 1, 1, cfg.z_dim))
-  quant = Dense(2 * cfg.z_dim, cfg.dtype, pd, kernel_init=_torch_default_init)
-  post_quant = Dense(cfg.z_dim, cfg.dtype, pd, kernel_init=_torch_default_init)
+  quant = Dense(2 * cfg.z_dim, cfg.dtype, pd, kernel_init=TORCH_DEFAULT_INIT)
+  post_quant = Dense(cfg.z_dim, cfg.dtype, pd, kernel_init=TORCH_DEFAULT_INIT)
   return {
       "encoder": Encoder(cfg).init(k_enc, frames, None, True)["params"],
       "quant_conv": quant.init(k_quant, jnp.zeros((1, 2 * cfg.z_dim)))["params"],

@@ -10,7 +10,7 @@ from liveedit_jax import vae
 from train.autoencoder import AutoencoderConfig, per_frame_init, train
 
 CONFIG = vae.VAEConfig.preset("synth", compute_dtype="float32")
-init_vae_params = vae.init_vae_params
+init_vae_params = jax.jit(functools.partial(vae.init_vae_params, CONFIG))
 vae_encode = jax.jit(functools.partial(vae.vae_encode, CONFIG))
 vae_decode = jax.jit(functools.partial(vae.vae_decode, CONFIG))
 
@@ -37,17 +37,17 @@ def _gaps(params, seed):
 
 
 def test_per_frame_init_runs_every_frame_on_the_first_frames_path():
-  params = per_frame_init(init_vae_params(CONFIG, jax.random.key(0)))
-  encode_gap, decode_gap = _gaps(params, 1)
+  params = init_vae_params(jax.random.key(0))
+  encode_gap, decode_gap = _gaps(per_frame_init(params), 1)
   # Latent 1 of frames 0–4 is frame 4's encoding alone; latent 1 decodes to 4 copies of its own first-frame decode.
   assert encode_gap < 1e-5 and decode_gap < 1e-5
   # Wan's random init mixes the frames: the same comparison is far off.
-  default_encode, default_decode = _gaps(init_vae_params(CONFIG, jax.random.key(0)), 1)
+  default_encode, default_decode = _gaps(params, 1)
   assert default_encode > 1e-2 and default_decode > 1e-2
 
 
 def test_per_frame_init_keeps_spatial_taps_and_scale():
-  params = init_vae_params(CONFIG, jax.random.key(2))
+  params = init_vae_params(jax.random.key(2))
   changed = per_frame_init(params)
   kernel, new = params["encoder"]["middle_0"]["conv1"]["kernel"], changed["encoder"]["middle_0"]["conv1"]["kernel"]
   np.testing.assert_allclose(new[-1], kernel[-1] * np.sqrt(3), rtol=1e-6)
