@@ -30,6 +30,7 @@ from playwright.sync_api import sync_playwright
 from liveedit_jax import param_io, serve
 from liveedit_jax.dit import init_dit_params
 from liveedit_jax.video_io import VideoWriter
+from tests.random_params import filled_like
 from tests.test_stream_cli import DIT, VAE, H, W, random_vae_params
 from tests.test_stream_prompt_schedule import OTHER, PROMPT
 
@@ -57,22 +58,6 @@ class Server:
       time.sleep(0.05)
 
 
-def random_dit_params(config, rng: np.random.Generator):
-  """Random weights in the shapes of `init_dit_params`, filled as test_stream_cli's `random_vae_params` fills the
-  VAE's (fan-in scaled kernels, scales near 1, the rest small): Flax's init of the tiny DiT takes ~10 s here."""
-  abstract = jax.eval_shape(functools.partial(init_dit_params, config), jax.random.key(0))
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      return rng.standard_normal(leaf.shape).astype(np.float32) / np.sqrt(np.prod(leaf.shape[:-1]))
-    if name == "scale":
-      return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
-    return (0.01 * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
   """The engine of test_serve's architectures (test_stream_prompt_schedule's tiny DiT for the default model's umT5,
@@ -81,7 +66,8 @@ def engine(tmp_path_factory):
   test_serve compares the edits with the library's, mask cache included."""
   root, rng = tmp_path_factory.mktemp("serve_browser"), np.random.default_rng(0)
   config = DIT.replace(text_dim=128, text_len=24)
-  param_io.save_params(root / "dit", "dit", dataclasses.asdict(config), random_dit_params(config, rng))
+  dit = filled_like(jax.eval_shape(functools.partial(init_dit_params, config), jax.random.key(0)), rng)
+  param_io.save_params(root / "dit", "dit", dataclasses.asdict(config), dit)
   param_io.save_params(root / "vae", "vae", VAE.to_dict(), random_vae_params(VAE, rng))
   args = serve.parse_args(["--dit", str(root / "dit"), "--vae", str(root / "vae"), "--height", str(H), "--width",
                            str(W), "--fps", str(FPS), "--cache-on", "none", "--no-compile-cache"])

@@ -38,6 +38,7 @@ from liveedit_jax.prompt_cache import PromptCache
 from liveedit_jax.stream_step import StreamConfig, init_stream, stream_step
 from liveedit_jax.umt5 import UMT5Config, text_encoder_identity
 from liveedit_jax.vae import VAEConfig, init_vae_params, load_vae
+from tests.random_params import filled_like
 
 DIT = DiTConfig.preset("tiny")
 VAE = VAEConfig.preset("tiny", num_res_blocks=1)  # one block per stage: compiles faster, same code paths
@@ -47,18 +48,8 @@ CHUNKS = (slice(0, 9), slice(9, 21), slice(21, 25))  # the last one is padded wi
 
 
 def random_vae_params(config: VAEConfig, rng: np.random.Generator):
-  """Random weights in the shapes of `init_vae_params`, without running its (slow on CPU) Flax init."""
-  abstract = jax.eval_shape(functools.partial(init_vae_params, config), jax.random.key(0))
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":  # fan-in scaling keeps activations O(1) through the stack
-      return rng.standard_normal(leaf.shape).astype(np.float32) / np.sqrt(np.prod(leaf.shape[:-1]))
-    if name == "scale":
-      return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
-    return (0.01 * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
+  """Random weights in the shapes of `init_vae_params`, without running its Flax init."""
+  return filled_like(jax.eval_shape(functools.partial(init_vae_params, config), jax.random.key(0)), rng)
 
 
 @pytest.fixture(scope="module")
