@@ -19,7 +19,8 @@
 #   AE_SWEEP='{"a": {"steps": 400}, "b": {"steps": 600, "short_steps": 400}}' scripts/gpu_check.sh ae_sweep
 #                                          short autoencoder variants (scripts/autoencoder_sweep.py)
 #
-# Runs from the repository root with the device's own JAX (no install); optional wheels in .whl/ (jax-triton;
+# Runs from the repository root with the device's own JAX (no install; pytest in one process, `-o addopts=-ra`:
+# one GPU, and no pytest-xdist there); optional wheels in .whl/ (jax-triton;
 # tokamax with the dependencies the image lacks, docs/benchmarks.md, fifth session; for the recipe, stream and
 # evaluate sections the project's dependencies the image lacks: grain, array_record, portpicker, tensorboardX, ftfy,
 # wcwidth, e.g. `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64
@@ -49,20 +50,20 @@ for section in "${sections[@]}"; do
   case $section in
     env) run env 60 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv;
          python3 -c "import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())"' ;;
-    tests) run gpu_tests 480 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_attention.py \
+    tests) run gpu_tests 480 python3 -m pytest -o addopts=-ra -q -m gpu -p no:cacheprovider tests/test_gpu_attention.py \
              tests/test_kernels_attention.py tests/test_kernels_hopper.py tests/test_kernels_dispatch.py \
              tests/test_kernels_adaln.py tests/test_kernels_rms_norm_rope.py ;;
     stream) run bench_stream 300 python3 -m liveedit_jax.bench stream --refresh clean none --chunks 10 ;;
     mask) run bench_mask 570 python3 -m liveedit_jax.bench stream --cache-on self_attn ffn --static-kv recompute reuse \
             --prune 0 0.5 0.7 0.9 --chunks 8 ;;
     vae) run bench_vae 240 python3 -m liveedit_jax.bench vae ;;
-    hopper) run hopper_tests 300 python3 -m pytest -q -x -m gpu -p no:cacheprovider --tb=short tests/test_kernels_hopper.py
+    hopper) run hopper_tests 300 python3 -m pytest -o addopts=-ra -q -x -m gpu -p no:cacheprovider --tb=short tests/test_kernels_hopper.py
             run bench_hopper 270 python3 -m liveedit_kernels.bench --impls hopper,cudnn --only _ ;;
     cycles) run ncu_cycles 300 bash -c '/usr/local/cuda/bin/ncu --clock-control none --csv --print-units base \
               --metrics gpu__time_duration.sum,sm__cycles_elapsed.max -k regex:entry_mosaic --log-file "$0" \
               python3 -m liveedit_kernels.bench --impls hopper --only _ --iters 3 >/dev/null' "$OUT/ncu_cycles.csv"
             run ncu_summary 30 python3 scripts/ncu_summary.py "$OUT/ncu_cycles.csv" ;;
-    triton) run triton_tests 240 python3 -m pytest -q -m gpu -p no:cacheprovider --tb=short \
+    triton) run triton_tests 240 python3 -m pytest -o addopts=-ra -q -m gpu -p no:cacheprovider --tb=short \
               tests/test_kernels_adaln.py tests/test_kernels_rms_norm_rope.py
             run bench_adaln 120 python3 -m liveedit_kernels.bench --only adaln --iters 20
             run bench_rms_norm_rope 120 python3 -m liveedit_kernels.bench --only rms_norm_rope --iters 20 ;;
