@@ -22,7 +22,7 @@ def init_key(key: jax.Array) -> jax.Array:
 
   Flax folds one key per module and draws one stream per parameter; with threefry each is a loop that XLA:CPU
   compiles in about 0.2 s, so jitting the tiny VAE's init (196 parameters) took 68 s to compile, the tiny TAEHV's
-  64 s. `unsafe_rbg` keys split, fold and draw with XLA's RngBitGenerator, one op each (11 s and 7 s). The
+  64 s. `unsafe_rbg` keys split, fold and draw with XLA's RngBitGenerator, one op each (8 s and 7 s). The
   distributions are the initializers' own; the values follow `key` on one backend (XLA's generator may differ
   between backends)."""
   return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="unsafe_rbg")

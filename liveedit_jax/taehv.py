@@ -76,7 +76,6 @@ STAGES = 3  # resolution stages of the encoder and of the decoder
 BLOCKS_PER_STAGE = 3  # MemBlocks per stage, in every published file
 
 
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class TAEHVConfig(PresetConfig):
   """TAEHV hyper-parameters: the knobs the reference's `TAEHV.__init__` sets per published file."""

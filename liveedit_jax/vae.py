@@ -54,7 +54,6 @@ WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0
                      3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
 
 
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class VAEConfig(PresetConfig):
   """Wan2.1 VAE hyper-parameters (§6.1).
